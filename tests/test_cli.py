@@ -1,0 +1,80 @@
+"""The persyn command: the documented subcommands and every user-error path (exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from services.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "services.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture()
+def small_parallel(tmp_path):
+    path = tmp_path / "parallel.jsonl"
+    rows = [{"id": f"q{i}", "prompt": f"Explain topic {i} briefly.",
+             "responses": {"a": f"Short answer {i}.", "b": f"A longer answer about topic {i}.", "c": "I don't know."},
+             "quality": {"a": 5 + i % 3, "b": 7 - i % 2, "c": 1}} for i in range(12)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_train_router_then_route_writes_one_line_per_prompt(small_parallel, tmp_path, capsys):
+    out = tmp_path / "router"
+    assert main(["train-router", "--parallel", str(small_parallel), "--alpha", "0", "--out", str(out),
+                 "--cache", str(tmp_path / "c.sqlite")]) == 0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "x1", "prompt": "Explain topic 99 briefly."}\n{"id": 7, "prompt": "Hello"}\n')
+    assert main(["route", "--router", str(out), "--prompts", str(prompts), "--out", str(tmp_path / "r.jsonl")]) == 0
+    lines = [json.loads(l) for l in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [l["id"] for l in lines] == ["x1", "7"]
+    for line in lines:
+        assert line["teacher"] in ("a", "b", "c") and set(line["strengths"]) == {"a", "b", "c"}
+        assert line["teacher"] == max(line["strengths"], key=line["strengths"].get)
+        assert line["teacher"] != "c"  # the teacher that always loses is never routed to
+
+
+def test_select_and_export_write_datasets(small_parallel, tmp_path):
+    assert main(["select", "--strategy", "strong", "--parallel", str(small_parallel), "--alpha", "0",
+                 "--format", "sharegpt", "--out", str(tmp_path / "ds")]) == 0
+    data = json.loads((tmp_path / "ds" / "strong_sharegpt.json").read_text())
+    assert len(data) == 12
+    assert json.loads((tmp_path / "ds" / "dataset_info.json").read_text())["strong_sharegpt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train-router", "--parallel", "missing.jsonl", "--alpha", "0", "--out", "r"], "no such file"),
+    (["train-router", "--parallel", "{parallel}", "--alpha", "1.5", "--out", "r"], "alpha must be a number in [0, 1]"),
+    (["train-router", "--parallel", "{parallel}", "--alpha", "-0.1", "--out", "r"], "alpha must be"),
+    (["train-router", "--parallel", "{parallel}", "--alpha", "0.4", "--out", "r"], "--student is required"),
+    (["train-router", "--parallel", "{bad}", "--alpha", "0", "--out", "r"], "bad.jsonl:2: not valid JSON"),
+    (["train-router", "--parallel", "{empty}", "--alpha", "0", "--out", "r"], "'responses' must be a non-empty"),
+    (["select", "--strategy", "strong", "--strong-teacher", "gpt-9", "--parallel", "{parallel}",
+      "--alpha", "0", "--out", "d"], "unknown teacher 'gpt-9'"),
+    (["select", "--strategy", "best", "--parallel", "{parallel}", "--out", "d"], "invalid choice: 'best'"),
+    (["route", "--router", "{parallel_dir}", "--prompts", "{parallel}", "--out", "o.jsonl"], "not a router artifact"),
+])
+def test_user_errors_exit_2_with_a_clear_message(small_parallel, tmp_path, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(small_parallel.read_text().splitlines()[0] + "\n{oops\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"id": "e", "prompt": "p", "responses": {}}\n')
+    values = {"parallel": small_parallel, "bad": bad, "empty": empty, "parallel_dir": tmp_path}
+    result = run_cli(*[a.format(**values) for a in args])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_route_rejects_unknown_teacher_in_persyn_strategy(small_parallel, tmp_path):
+    out = tmp_path / "router"
+    assert main(["train-router", "--parallel", str(small_parallel), "--alpha", "0", "--out", str(out),
+                 "--cache", str(tmp_path / "c.sqlite")]) == 0
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"id": "z", "prompt": "p", "responses": {"a": "x", "zeta": "y"}}\n')
+    result = run_cli("select", "--strategy", "persyn", "--router", out, "--parallel", other, "--out", tmp_path / "d")
+    assert result.returncode == 2 and "does not know teacher(s) zeta" in result.stderr
