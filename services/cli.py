@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars say what is happening; weight loading is instant
     try:
         args.func(args)
     except (CLIError, FormatError, ModelNotFound, FileNotFoundError, ValueError) as exc:

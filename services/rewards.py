@@ -72,6 +72,11 @@ def quality_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], s
 def learnability_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
                         cache: ScoreCache | None = None, progress: bool = False, scorer=None) -> np.ndarray:
     """r_l per response: the student's mean log-probability per response token."""
+    for rec in records:
+        empty = [t for t in teachers if t in rec.responses and not rec.responses[t].strip()]
+        if empty:
+            raise ValueError(f"prompt {rec.id!r}: teacher {empty[0]!r} has an empty response; "
+                             "learnability needs at least one response token")
     def score(items):
         nonlocal scorer
         if scorer is None:  # load the student only when something is not cached
