@@ -16,12 +16,12 @@ from .formats import write_jsonl
 FORMATS = ("jsonl", "sharegpt", "alpaca")
 
 
-def _sharegpt(row: dict) -> dict:
+def to_sharegpt(row: dict) -> dict:
     return {"conversations": [{"from": "human", "value": row["prompt"]},
                               {"from": "gpt", "value": row["response"]}]}
 
 
-def _alpaca(row: dict) -> dict:
+def to_alpaca(row: dict) -> dict:
     return {"instruction": row["prompt"], "input": "", "output": row["response"]}
 
 
@@ -40,7 +40,7 @@ def export_dataset(rows: Sequence[dict], out_dir: str | Path, fmt: str = "jsonl"
     out_dir.mkdir(parents=True, exist_ok=True)
     if fmt == "jsonl":
         return write_jsonl(rows, out_dir / f"{name}.jsonl")
-    convert = _sharegpt if fmt == "sharegpt" else _alpaca
+    convert = to_sharegpt if fmt == "sharegpt" else to_alpaca
     data_file = out_dir / f"{name}_{fmt}.json"
     data_file.write_text(json.dumps([convert(r) for r in rows], ensure_ascii=False, indent=1))
     info_path = out_dir / "dataset_info.json"

@@ -1,0 +1,272 @@
+"""Job, student and dataset state in Redis.
+
+Every write a task makes lands on a deterministic key, so a redelivered task changes
+nothing: results are set with ``SETNX`` semantics, dataset rows with ``HSETNX`` (exactly
+one row per prompt), and a stage's progress counts each item once (a Lua script adds
+the item to the stage's set and counts it only if it was new). The caller that
+completes a stage is told so, exactly once, and advances the job.
+
+Key layout (``P`` = key prefix): ``P:students`` set; ``P:student:{id}`` hash and
+``P:student:{id}:versions`` hash; ``P:jobs`` sorted set; ``P:job:{id}`` hash and
+``P:job:{id}:{prompts,order,stage:NAME,stage:NAME:items,stages,errors,results:KIND,
+rows,alloc,usage,attempts}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Iterator
+
+import redis
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+_MARK_ITEM = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return -1 end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
+local seen = tonumber(redis.call('HGET', KEYS[2], 'done') or '0') + tonumber(redis.call('HGET', KEYS[2], 'failed') or '0')
+if seen >= total and redis.call('HSETNX', KEYS[2], 'finished', ARGV[3]) == 1 then return 1 end
+return 0
+"""
+
+
+class NotFound(KeyError):
+    """An unknown student, router version or job."""
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, prefix: str = "persyn"):
+        self.r = client
+        self.p = prefix
+        self._mark_item = client.register_script(_MARK_ITEM)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "persyn") -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True), prefix)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.p, *parts))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.r.ping())
+        except redis.RedisError:
+            return False
+
+    # ------------------------------------------------------------------ students
+
+    def register_student(self, student_id: str, model: str, family: str | None = None) -> dict:
+        key = self._k("student", student_id)
+        self.r.hset(key, mapping={"id": student_id, "model": model, "family": family or "",
+                                  "created": self.r.hget(key, "created") or _now()})
+        self.r.sadd(self._k("students"), student_id)
+        return self.get_student(student_id)
+
+    def get_student(self, student_id: str) -> dict:
+        data = self.r.hgetall(self._k("student", student_id))
+        if not data:
+            raise NotFound(f"unknown student {student_id!r}")
+        versions = [json.loads(v) for v in self.r.hvals(self._k("student", student_id, "versions"))]
+        versions.sort(key=lambda v: v["created"])
+        return {"id": data["id"], "model": data["model"], "family": data["family"] or None,
+                "created": float(data["created"]), "active_version": data.get("active_version") or None,
+                "versions": versions}
+
+    def list_students(self) -> list[str]:
+        return sorted(self.r.smembers(self._k("students")))
+
+    def add_router_version(self, student_id: str, version: str, path: str, metrics: dict | None = None,
+                           *, activate: bool = True) -> dict:
+        self.get_student(student_id)
+        entry = {"version": version, "path": path, "created": _now(), "metrics": metrics or {}}
+        self.r.hsetnx(self._k("student", student_id, "versions"), version, json.dumps(entry))
+        if activate:
+            self.activate_version(student_id, version)
+        return entry
+
+    def activate_version(self, student_id: str, version: str) -> None:
+        self.get_student(student_id)
+        if not self.r.hexists(self._k("student", student_id, "versions"), version):
+            raise NotFound(f"student {student_id!r} has no router version {version!r}")
+        self.r.hset(self._k("student", student_id), "active_version", version)
+
+    def active_router(self, student_id: str) -> tuple[str, str] | None:
+        """(version, artifact path) of the student's active router, or None."""
+        version = self.r.hget(self._k("student", student_id), "active_version")
+        if not version:
+            return None
+        entry = json.loads(self.r.hget(self._k("student", student_id, "versions"), version))
+        return version, entry["path"]
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(self, kind: str, spec: dict, prompts: list[dict]) -> str:
+        job_id = uuid.uuid4().hex[:16]
+        now = _now()
+        pipe = self.r.pipeline()
+        pipe.hset(self._k("job", job_id), mapping={
+            "id": job_id, "kind": kind, "state": "queued", "stage": "", "spec": json.dumps(spec),
+            "created": now, "updated": now, "error": ""})
+        for start in range(0, len(prompts), 1000):
+            chunk = prompts[start:start + 1000]
+            pipe.hset(self._k("job", job_id, "prompts"), mapping={p["id"]: json.dumps(p) for p in chunk})
+            pipe.rpush(self._k("job", job_id, "order"), *[p["id"] for p in chunk])
+        pipe.zadd(self._k("jobs"), {job_id: now})
+        pipe.execute()
+        return job_id
+
+    def job_exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(self._k("job", job_id)))
+
+    def job_record(self, job_id: str) -> dict:
+        data = self.r.hgetall(self._k("job", job_id))
+        if not data:
+            raise NotFound(f"unknown job {job_id!r}")
+        return {**data, "spec": json.loads(data["spec"]), "created": float(data["created"]),
+                "updated": float(data["updated"])}
+
+    def prompt_ids(self, job_id: str) -> list[str]:
+        return self.r.lrange(self._k("job", job_id, "order"), 0, -1)
+
+    def prompts(self, job_id: str, ids: list[str] | None = None) -> list[dict]:
+        ids = self.prompt_ids(job_id) if ids is None else ids
+        if not ids:
+            return []
+        return [json.loads(v) for v in self.r.hmget(self._k("job", job_id, "prompts"), ids)]
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        self.r.hset(self._k("job", job_id), mapping={**{k: v for k, v in fields.items()}, "updated": _now()})
+
+    def set_state(self, job_id: str, state: str, *, error: str | None = None) -> bool:
+        """Move to ``state`` unless the job already ended; returns whether it moved."""
+        if state not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        current = self.r.hget(self._k("job", job_id), "state")
+        if current is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        if current in TERMINAL:
+            return False
+        fields: dict[str, Any] = {"state": state}
+        if error is not None:
+            fields["error"] = error
+        if state in TERMINAL:
+            fields["finished"] = _now()
+        self.update_job(job_id, **fields)
+        return True
+
+    def state(self, job_id: str) -> str:
+        state = self.r.hget(self._k("job", job_id), "state")
+        if state is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        return state
+
+    def is_active(self, job_id: str) -> bool:
+        return self.r.hget(self._k("job", job_id), "state") not in TERMINAL
+
+    # ------------------------------------------------------------------ stages and items
+
+    def start_stage(self, job_id: str, stage: str, total: int) -> bool:
+        """Open a stage with ``total`` items; False if it was already opened (redelivery)."""
+        key = self._k("job", job_id, "stage", stage)
+        if not self.r.hsetnx(key, "total", total):
+            return False
+        self.r.hset(key, mapping={"done": 0, "failed": 0, "started": _now()})
+        self.r.rpush(self._k("job", job_id, "stages"), stage)
+        self.update_job(job_id, stage=stage)
+        return True
+
+    def mark_item(self, job_id: str, stage: str, item: str, *, ok: bool = True, error: str | None = None) -> bool:
+        """Count one finished item once; True for the single call that completes the stage."""
+        result = self._mark_item(keys=[self._k("job", job_id, "stage", stage, "items"),
+                                       self._k("job", job_id, "stage", stage)],
+                                 args=[item, "done" if ok else "failed", _now()])
+        if not ok and result != -1:
+            self.r.rpush(self._k("job", job_id, "errors"),
+                         json.dumps({"stage": stage, "item": item, "error": error or "failed", "at": _now()}))
+        return result == 1
+
+    def stage_progress(self, job_id: str) -> list[dict]:
+        out = []
+        for stage in self.r.lrange(self._k("job", job_id, "stages"), 0, -1):
+            h = self.r.hgetall(self._k("job", job_id, "stage", stage))
+            started, finished = float(h.get("started", 0)), h.get("finished")
+            out.append({"stage": stage, "total": int(h.get("total", 0)), "done": int(h.get("done", 0)),
+                        "failed": int(h.get("failed", 0)), "started": started,
+                        "finished": float(finished) if finished else None,
+                        "seconds": round((float(finished) if finished else time.time()) - started, 3)})
+        return out
+
+    def errors(self, job_id: str, limit: int = 100) -> list[dict]:
+        return [json.loads(e) for e in self.r.lrange(self._k("job", job_id, "errors"), 0, limit - 1)]
+
+    def record_error(self, job_id: str, stage: str, item: str, error: str) -> None:
+        self.r.rpush(self._k("job", job_id, "errors"),
+                     json.dumps({"stage": stage, "item": item, "error": error, "at": _now()}))
+
+    # ------------------------------------------------------------------ results, rows, usage
+
+    def put_result(self, job_id: str, kind: str, key: str, value: dict) -> bool:
+        """Store once; a second write of the same key is ignored (returns False)."""
+        return bool(self.r.hsetnx(self._k("job", job_id, "results", kind), key, json.dumps(value)))
+
+    def get_result(self, job_id: str, kind: str, key: str) -> dict | None:
+        raw = self.r.hget(self._k("job", job_id, "results", kind), key)
+        return json.loads(raw) if raw else None
+
+    def get_results(self, job_id: str, kind: str) -> dict[str, dict]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(self._k("job", job_id, "results", kind)).items()}
+
+    def put_row(self, job_id: str, row: dict) -> bool:
+        """The dataset row of one prompt; only the first write counts (one row per prompt)."""
+        if not self.r.hsetnx(self._k("job", job_id, "rows"), row["id"], json.dumps(row)):
+            return False
+        self.r.hincrby(self._k("job", job_id, "alloc"), row["teacher"], 1)
+        return True
+
+    def row_count(self, job_id: str) -> int:
+        return int(self.r.hlen(self._k("job", job_id, "rows")))
+
+    def iter_rows(self, job_id: str, batch: int = 500) -> Iterator[dict]:
+        """Rows in the job's prompt order (prompts without a row yet are skipped)."""
+        order = self.prompt_ids(job_id)
+        for start in range(0, len(order), batch):
+            for raw in self.r.hmget(self._k("job", job_id, "rows"), order[start:start + batch]):
+                if raw:
+                    yield json.loads(raw)
+
+    def allocation(self, job_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self._k("job", job_id, "alloc")).items()}
+
+    def add_usage(self, job_id: str, teacher: str, *, requests: int, prompt_tokens: int,
+                  completion_tokens: int) -> None:
+        key = self._k("job", job_id, "usage")
+        pipe = self.r.pipeline()
+        pipe.hincrby(key, f"{teacher}|requests", requests)
+        pipe.hincrby(key, f"{teacher}|prompt_tokens", prompt_tokens)
+        pipe.hincrby(key, f"{teacher}|completion_tokens", completion_tokens)
+        pipe.execute()
+
+    def usage(self, job_id: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for field, value in self.r.hgetall(self._k("job", job_id, "usage")).items():
+            teacher, name = field.rsplit("|", 1)
+            out.setdefault(teacher, {})[name] = int(value)
+        return out
+
+    def count_attempt(self, job_id: str, item: str) -> int:
+        """Count a real generation call for ``item`` (how many times a teacher was asked)."""
+        return int(self.r.hincrby(self._k("job", job_id, "attempts"), item, 1))
+
+    def attempts(self, job_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self._k("job", job_id, "attempts")).items()}
+
+    def list_jobs(self, limit: int = 50) -> list[str]:
+        return self.r.zrevrange(self._k("jobs"), 0, limit - 1)
