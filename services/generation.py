@@ -117,8 +117,20 @@ def generate_math(teacher: Teacher, prompt: str, reference: str, *, rng: random.
 Job = tuple  # (teacher, prompt_id, prompt, reference | None)
 
 
-def _job_rng(seed: int, prompt_id: str, teacher_name: str) -> random.Random:
-    return random.Random(f"{seed}:{prompt_id}:{teacher_name}")
+def answer(teacher: Teacher, prompt_id: str, prompt: str, reference: str | None, *, seed: int = 0,
+           client: OpenAICompatClient | None = None) -> GeneratedAnswer:
+    """One (prompt, teacher) job: math rejection sampling with a reference, else one sample.
+
+    Seeds come from ``(seed, prompt_id, teacher.name)``, so a retried or redelivered
+    job asks the teacher the same thing.
+    """
+    rng = random.Random(f"{seed}:{prompt_id}:{teacher.name}")
+    if reference is not None:
+        return generate_math(teacher, prompt, str(reference), rng=rng, client=client)
+    [res] = generate(teacher, prompt, n=1, seed=rng.randrange(2**31), client=client)
+    return GeneratedAnswer(text=res.text, n_samples=1, n_correct=0, verified=False,
+                           checked=False, completion_tokens=res.completion_tokens,
+                           finish_reason=res.finish_reason)
 
 
 def generate_many(jobs: Iterable[Sequence], *, max_workers: int = 4, progress: bool = True,
@@ -149,14 +161,7 @@ def generate_many(jobs: Iterable[Sequence], *, max_workers: int = 4, progress: b
 
     def run(job: tuple) -> GeneratedAnswer:
         teacher, prompt_id, prompt, reference = job
-        client = get_client(teacher)
-        rng = _job_rng(seed, str(prompt_id), teacher.name)
-        if reference is not None:
-            return generate_math(teacher, prompt, str(reference), rng=rng, client=client)
-        [res] = generate(teacher, prompt, n=1, seed=rng.randrange(2**31), client=client)
-        return GeneratedAnswer(text=res.text, n_samples=1, n_correct=0, verified=False,
-                               checked=False, completion_tokens=res.completion_tokens,
-                               finish_reason=res.finish_reason)
+        return answer(teacher, str(prompt_id), prompt, reference, seed=seed, client=get_client(teacher))
 
     from tqdm import tqdm
 

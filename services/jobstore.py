@@ -178,7 +178,8 @@ class JobStore:
         key = self._k("job", job_id, "stage", stage)
         if not self.r.hsetnx(key, "total", total):
             return False
-        self.r.hset(key, mapping={"done": 0, "failed": 0, "started": _now()})
+        now = _now()
+        self.r.hset(key, mapping={"done": 0, "failed": 0, "started": now, **({"finished": now} if total == 0 else {})})
         self.r.rpush(self._k("job", job_id, "stages"), stage)
         self.update_job(job_id, stage=stage)
         return True
@@ -231,6 +232,11 @@ class JobStore:
         self.r.hincrby(self._k("job", job_id, "alloc"), row["teacher"], 1)
         return True
 
+    def unserved_prompt_ids(self, job_id: str) -> list[str]:
+        """Prompts without a dataset row yet, in the job's order."""
+        served = set(self.r.hkeys(self._k("job", job_id, "rows")))
+        return [pid for pid in self.prompt_ids(job_id) if pid not in served]
+
     def row_count(self, job_id: str) -> int:
         return int(self.r.hlen(self._k("job", job_id, "rows")))
 
@@ -245,12 +251,10 @@ class JobStore:
     def allocation(self, job_id: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(self._k("job", job_id, "alloc")).items()}
 
-    def add_usage(self, job_id: str, teacher: str, *, requests: int, prompt_tokens: int,
-                  completion_tokens: int) -> None:
+    def add_usage(self, job_id: str, teacher: str, *, requests: int, completion_tokens: int) -> None:
         key = self._k("job", job_id, "usage")
         pipe = self.r.pipeline()
         pipe.hincrby(key, f"{teacher}|requests", requests)
-        pipe.hincrby(key, f"{teacher}|prompt_tokens", prompt_tokens)
         pipe.hincrby(key, f"{teacher}|completion_tokens", completion_tokens)
         pipe.execute()
 

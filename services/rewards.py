@@ -89,10 +89,9 @@ def learnability_matrix(records: Sequence[ParallelRecord], teachers: Sequence[st
 
 
 def scas_cost_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
-                     lam: float = 0.5, cache: ScoreCache | None = None, progress: bool = False) -> np.ndarray:
+                     lam: float = 0.5, cache: ScoreCache | None = None, progress: bool = False,
+                     scorer=None) -> np.ndarray:
     """SCAS learning cost per response (lower = easier for this student to learn)."""
-    scorer = None
-
     def score(items):
         nonlocal scorer
         if scorer is None:

@@ -34,6 +34,7 @@ class Settings:
     data_dir: Path = CACHE_DIR / "service"  # uploaded prompt files, score caches
     teacher_pool: Path | None = None  # teacher pool YAML
     default_student_model: str = "smollm2-135m-instruct"
+    reward_model: str | None = None  # local HF reward model for prompts without a reference
     router_backbone: str = "all-minilm-l6-v2"
     api_keys: tuple[str, ...] = field(default_factory=tuple)  # empty: auth off
     max_prompts_per_request: int = 256
@@ -57,6 +58,7 @@ class Settings:
             data_dir=Path(_env("PERSYN_DATA_DIR", str(cls.data_dir))),
             teacher_pool=Path(pool) if pool else None,
             default_student_model=_env("PERSYN_STUDENT_MODEL", cls.default_student_model),
+            reward_model=os.environ.get("PERSYN_REWARD_MODEL") or None,
             router_backbone=_env("PERSYN_ROUTER_BACKBONE", cls.router_backbone),
             api_keys=_keys(_env("PERSYN_API_KEYS", "")),
             max_prompts_per_request=int(_env("PERSYN_MAX_PROMPTS_PER_REQUEST", str(cls.max_prompts_per_request))),

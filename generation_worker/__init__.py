@@ -1,0 +1,1 @@
+"""Celery worker for the ``generation`` queue: teachers answer prompts."""

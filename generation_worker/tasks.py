@@ -1,0 +1,49 @@
+"""One task per (job, prompt, teacher): ask the teacher, keep the answer once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import httpx
+
+from services import worker_runtime as rt
+from services.celery_app import app
+from services.generation import answer
+from services.jobs import GENERATE_TASK, GENERATE_THEN_SELECT, item_key
+from services.openai_client import OpenAICompatError
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)) or (
+        isinstance(exc, OpenAICompatError) and exc.retryable)
+
+
+@app.task(name=GENERATE_TASK, bind=True, max_retries=rt.settings().task_max_retries)
+def generate(self, job_id: str, stage: str, prompt_id: str, teacher_name: str) -> str:
+    store = rt.store()
+    if not store.is_active(job_id):
+        return "skipped: job ended"
+    key = item_key(prompt_id, teacher_name)
+    result = store.get_result(job_id, "gen", key)
+    spec = store.job_record(job_id)["spec"]
+    [prompt] = store.prompts(job_id, [prompt_id])
+    if result is None:
+        try:
+            teacher = rt.teachers()[teacher_name]
+            store.count_attempt(job_id, key)
+            reply = answer(teacher, prompt_id, prompt["prompt"], prompt.get("reference"),
+                           seed=spec.get("seed", 0), client=rt.client(teacher.base_url, teacher.model))
+        except Exception as exc:  # noqa: BLE001 - every failure is either retried or recorded
+            if _transient(exc) and self.request.retries < self.max_retries:
+                raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries))
+            rt.finish_item(job_id, stage, key, ok=False, error=f"{type(exc).__name__}: {exc}")
+            return "failed"
+        if store.put_result(job_id, "gen", key, asdict(reply)):
+            store.add_usage(job_id, teacher_name, requests=reply.n_samples,
+                            completion_tokens=reply.completion_tokens)
+        result = store.get_result(job_id, "gen", key)
+    if stage == "generate" and spec.get("strategy", "persyn") not in GENERATE_THEN_SELECT:
+        store.put_row(job_id, {"id": prompt_id, "prompt": prompt["prompt"], "response": result["text"],
+                               "teacher": teacher_name, "verified": result["verified"], "source": "routed"})
+    rt.finish_item(job_id, stage, key)
+    return "done"

@@ -1,0 +1,1 @@
+"""Celery worker for the ``scoring`` queue: quality, learnability and SCAS scores."""

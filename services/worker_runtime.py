@@ -1,0 +1,84 @@
+"""What a worker process keeps between tasks: settings, the store, clients and models.
+
+Models load on first use and stay loaded for the life of the worker process.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .cache import ScoreCache
+from .formats import Teacher, load_teacher_pool
+from .jobstore import JobStore
+from .openai_client import OpenAICompatClient
+from .settings import Settings
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@lru_cache(maxsize=1)
+def store() -> JobStore:
+    s = settings()
+    return JobStore.from_url(s.redis_url, s.key_prefix)
+
+
+@lru_cache(maxsize=1)
+def score_cache() -> ScoreCache:
+    s = settings()
+    return ScoreCache(s.data_dir / "scores.sqlite")
+
+
+def teachers() -> dict[str, Teacher]:
+    pool = settings().teacher_pool
+    if pool is None:
+        raise ValueError("no teacher pool configured (PERSYN_TEACHER_POOL)")
+    return _pool(str(pool), pool.stat().st_mtime)
+
+
+@lru_cache(maxsize=4)
+def _pool(path: str, mtime: float) -> dict[str, Teacher]:
+    return {t.name: t for t in load_teacher_pool(path)}
+
+
+@lru_cache(maxsize=64)
+def client(base_url: str, model: str) -> OpenAICompatClient:
+    return OpenAICompatClient(base_url, model)
+
+
+@lru_cache(maxsize=2)
+def learnability_scorer(model_ref: str):
+    from .learnability import LearnabilityScorer
+
+    return LearnabilityScorer(model_ref, device=settings().device)
+
+
+@lru_cache(maxsize=2)
+def scas_scorer(model_ref: str):
+    from .scas import SCASScorer
+
+    return SCASScorer(model_ref, device=settings().device)
+
+
+@lru_cache(maxsize=1)
+def reward_model(model_ref: str):
+    from .quality import RewardModelScorer
+
+    return RewardModelScorer(model_ref, device=settings().device)
+
+
+@lru_cache(maxsize=4)
+def router(path: str):
+    from .router import Router
+
+    return Router.load(path, device=settings().device)
+
+
+def finish_item(job_id: str, stage: str, item: str, *, ok: bool = True, error: str | None = None) -> None:
+    """Count the item; the task that completes its stage starts the next one."""
+    from .jobs import advance
+
+    if store().mark_item(job_id, stage, item, ok=ok, error=error):
+        advance(store(), job_id, stage, settings())

@@ -1,0 +1,1 @@
+"""Celery worker for the ``training`` queue: router training and routing of job prompts."""
