@@ -54,17 +54,34 @@ def calibration_sample(prompt_ids: list[str], size: int, seed: int) -> list[str]
     return [pid for i, pid in enumerate(prompt_ids) if i in chosen]
 
 
+class NeedsCalibration(LookupError):
+    """The job's strategy needs the student's calibration (an active router version)."""
+
+
 def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[dict]) -> str:
-    """Create the job and start its first stage. ``spec`` is already validated by the gateway."""
+    """Check what needs the service's state, create the job and start its first stage.
+
+    Raises ValueError for a job that cannot run here and NeedsCalibration when the
+    student has no router yet; nothing is created in either case.
+    """
     if spec["kind"] not in JOB_KINDS:
         raise ValueError(f"unknown job kind {spec['kind']!r}")
+    if settings.teacher_pool is None:
+        raise ValueError("no teacher pool is configured (PERSYN_TEACHER_POOL)")
     student = store.get_student(spec["student_id"])
     has_router = student["active_version"] is not None
     strategy = spec.get("strategy", "persyn")
     if spec["kind"] == "synthesize" and strategy in NEEDS_CALIBRATION and not has_router \
             and not (strategy == "strong" and spec.get("strong_teacher")):
-        raise ValueError(f"strategy {strategy!r} needs the student's calibration: run a calibrate job first")
+        raise NeedsCalibration(f"strategy {strategy!r} needs student {spec['student_id']!r}'s calibration: "
+                               "run a calibrate job first (or submit kind 'persyn')")
     calibrate = spec["kind"] == "calibrate" or (spec["kind"] == "persyn" and not has_router)
+    scores = calibrate or (spec["kind"] != "calibrate" and strategy in GENERATE_THEN_SELECT)
+    if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None:
+        missing = [p["id"] for p in prompts if p.get("reference") is None]
+        if missing:
+            raise ValueError(f"prompt {missing[0]!r} has no reference: quality needs references (math-verify) "
+                             "or a reward model (PERSYN_REWARD_MODEL)")
     ids = [p["id"] for p in prompts]
     plan = {"calibration": calibration_sample(ids, spec.get("calibration_size", 2500), spec.get("seed", 0))
             if calibrate else []}
@@ -167,11 +184,11 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
     }
 
 
-def cancel_job(store: JobStore, job_id: str) -> dict:
+def cancel_job(store: JobStore, job_id: str, settings: Settings | None = None) -> dict:
     """Stop a job: its queued tasks see the state and do nothing; its rows stay downloadable."""
     store.job_record(job_id)
     store.set_state(job_id, "cancelled")
-    return describe_job(store, job_id)
+    return describe_job(store, job_id, settings)
 
 
 def wait_for(store: JobStore, job_id: str, timeout: float, poll: float = 0.5) -> dict:

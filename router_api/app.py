@@ -1,0 +1,92 @@
+"""The gateway application: ``uvicorn --factory router_api.app:create_app``.
+
+Everything stateful (settings, Redis store, router client, metrics) lives on ``app.state``
+and reaches the routes through :mod:`router_api.deps`, so tests inject their own.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+import services
+from services.formats import load_teacher_pool
+from services.jobstore import JobStore, NotFound
+from services.router_server import router_client_from_settings
+from services.router_service import NoActiveRouter, RouterServiceError
+from services.settings import Settings
+
+from .deps import require_api_key
+from .metrics import GatewayMetrics
+from .routes import health, jobs, routing, students, teachers
+
+TAGS = [
+    {"name": "routing", "description": "Each prompt's teacher for a student (PerSyn's Bradley-Terry router)."},
+    {"name": "students", "description": "Students and their router versions."},
+    {"name": "teachers", "description": "The teacher pool."},
+    {"name": "jobs", "description": "Calibration and synthesis jobs, their progress and datasets."},
+    {"name": "health", "description": "Probes and Prometheus metrics (no API key)."},
+]
+
+
+def _message(exc: Exception) -> str:
+    return str(exc.args[0]) if exc.args else type(exc).__name__  # KeyError's str() adds quotes
+
+
+async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+    return JSONResponse({"detail": _message(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+
+async def _no_active_router(request: Request, exc: NoActiveRouter) -> JSONResponse:
+    return JSONResponse({"detail": f"{_message(exc)}: run a calibrate job for this student first"},
+                        status_code=status.HTTP_409_CONFLICT)
+
+
+async def _router_unavailable(request: Request, exc: RouterServiceError) -> JSONResponse:
+    return JSONResponse({"detail": f"router service unavailable: {exc}"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def create_app(settings: Settings | None = None, *, store: JobStore | None = None, router_client=None) -> FastAPI:
+    """Build the gateway; ``store`` and ``router_client`` default to ones made from ``settings``.
+
+    An injected router client belongs to the caller, who closes it; one made here is closed on shutdown.
+    """
+    settings = settings or Settings.from_env()
+    own_store = store is None
+    store = store or JobStore.from_url(settings.redis_url, settings.key_prefix)
+    metrics = GatewayMetrics(store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        client = router_client
+        if client is None:
+            client = router_client_from_settings(settings, store.active_router, on_batch=metrics.observe_batch)
+        app.state.router_client = client
+        try:
+            yield
+        finally:
+            if router_client is None:
+                await client.aclose()
+            if own_store:
+                store.r.close()
+
+    app = FastAPI(title="PerSyn gateway", version=services.__version__, openapi_tags=TAGS, lifespan=lifespan,
+                  description="Router-as-a-service for multi-teacher distillation: route prompts to the teacher "
+                              "each student learns best from, and run calibration and synthesis jobs.")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.teachers = load_teacher_pool(settings.teacher_pool) if settings.teacher_pool else []
+    app.state.router_client = router_client
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(NoActiveRouter, _no_active_router)
+    app.add_exception_handler(RouterServiceError, _router_unavailable)
+
+    secured = [Depends(require_api_key)]
+    for module in (routing, students, teachers, jobs):
+        app.include_router(module.router, prefix="/v1", dependencies=secured)
+    app.include_router(health.router)
+    return app

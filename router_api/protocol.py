@@ -1,0 +1,206 @@
+"""Request and response models of the gateway's REST API (kept apart from the serving logic)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
+
+from services.export import FORMATS
+from services.jobs import JOB_KINDS
+from services.jobstore import JOB_STATES
+from services.settings import DEFAULT_ALPHA, DEFAULT_CALIBRATION_SIZE
+from services.strategies import STRATEGIES
+
+#: Student and job ids become parts of Redis keys: a slug, so none can reach another key (no ':').
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+StudentId = Annotated[str, Field(pattern=ID_PATTERN, examples=["qwen2.5-1.5b-math"])]
+JobKind = Literal[JOB_KINDS]  # type: ignore[valid-type]
+Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
+DatasetFormat = Literal[FORMATS]  # type: ignore[valid-type]
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("prompt must not be empty or blank")
+    return text
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+# --------------------------------------------------------------------------- routing
+
+class RouteRequest(BaseModel):
+    student_id: StudentId
+    prompts: list[str] = Field(min_length=1, description="Limits: settings max_prompts_per_request, "
+                                                          "max_prompt_chars (413 above them).")
+    top_k: int = Field(3, ge=1, description="Length of each ranking; above the pool size, the whole pool.")
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_not_blank(cls, prompts: list[str]) -> list[str]:
+        for prompt in prompts:
+            _not_blank(prompt)
+        return prompts
+
+
+class RouteResult(BaseModel):
+    teacher: str = Field(description="argmax of the strengths: the teacher that should answer")
+    top_k: list[str]
+    strengths: dict[str, float] = Field(description="Bradley-Terry strength pi_m(x) per teacher")
+
+
+class RouteResponse(BaseModel):
+    student_id: str
+    router_version: str
+    results: list[RouteResult]
+
+
+# --------------------------------------------------------------------------- students and teachers
+
+class StudentCreate(BaseModel):
+    student_id: StudentId
+    model: str | None = Field(None, description="Student model; the service default when absent.")
+    family: str | None = None
+
+
+class RouterVersion(BaseModel):
+    version: str
+    path: str
+    created: float
+    metrics: dict = Field(default_factory=dict)
+
+
+class Student(BaseModel):
+    id: str
+    model: str
+    family: str | None
+    created: float
+    active_version: str | None
+    versions: list[RouterVersion]
+
+
+class ActivateRequest(BaseModel):
+    version: str
+
+
+class TeacherInfo(BaseModel):
+    name: str
+    family: str
+    size_b: float
+    model: str
+    base_url: str
+    long_cot: bool
+    cost_per_1m_output: float
+
+
+# --------------------------------------------------------------------------- jobs
+
+class PromptIn(BaseModel):
+    id: str | None = Field(None, description='Unique in the job; "p000001", ... by position when absent.')
+    prompt: str
+    reference: str | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = Field(
+        None, description="Reference answer (math verification)")
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _int_id(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, prompt: str) -> str:
+        return _not_blank(prompt)
+
+    def to_job(self) -> dict:
+        """The prompt dict a job stores; numeric references become text like the file formats' do."""
+        out = {"id": self.id, "prompt": self.prompt}
+        if self.reference is not None:
+            out["reference"] = str(self.reference)
+        return out
+
+
+def assign_ids(prompts: Sequence[PromptIn], labels: Sequence[str]) -> None:
+    """Give id-less prompts their positional id, then reject repeats (one dataset row per id)."""
+    seen: dict[str, str] = {}
+    for position, (prompt, label) in enumerate(zip(prompts, labels), 1):
+        if prompt.id is None:
+            prompt.id = f"p{position:06d}"
+        if prompt.id in seen:
+            raise ValueError(f"{label}: duplicate prompt id {prompt.id!r} (first at {seen[prompt.id]})")
+        seen[prompt.id] = label
+
+
+class JobSpec(BaseModel):
+    """Everything about a job but its prompts (the ``spec`` form field of an upload)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind = Field(description="calibrate: parallel responses -> rewards -> router; "
+                                      "synthesize: route -> generate -> dataset; persyn: both")
+    student_id: StudentId
+    strategy: Strategy = "persyn"
+    alpha: float = Field(DEFAULT_ALPHA, ge=0.0, le=1.0, description="weight of learnability against quality")
+    calibration_size: int = Field(DEFAULT_CALIBRATION_SIZE, ge=2)
+    teachers: list[str] | None = Field(None, min_length=1, description="A subset of the pool; all when absent.")
+    strong_teacher: str | None = None
+    student_family: str | None = None
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    seed: int = 0
+
+
+class JobCreate(JobSpec):
+    prompts: list[PromptIn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ids(self) -> "JobCreate":
+        assign_ids(self.prompts, [f"prompts[{i}]" for i in range(len(self.prompts))])
+        return self
+
+
+class StageProgress(BaseModel):
+    stage: str
+    total: int
+    done: int
+    failed: int
+    started: float
+    finished: float | None
+    seconds: float
+
+
+class JobDescription(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    kind: str
+    state: JobState
+    stage: str | None = None
+    student_id: str | None = None
+    spec: dict
+    stages: list[StageProgress] = Field(default_factory=list)
+    errors: list[dict] = Field(default_factory=list)
+    allocation: dict[str, int] = Field(default_factory=dict)
+    usage: dict[str, dict[str, int | float]] = Field(
+        default_factory=dict, description="per teacher: requests, completion_tokens, cost")
+    rows: int = Field(0, description="dataset rows so far")
+    n_prompts: int | None = None
+    n_calibration: int | None = None
+    router_version: str | None = None
+    error: str | None = None
+    created: float
+    updated: float
+    finished: float | None = None
+
+
+# --------------------------------------------------------------------------- probes
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]

@@ -1,0 +1,1 @@
+"""Thin route modules: validate, call into ``services``, shape the answer."""

@@ -1,0 +1,165 @@
+"""Jobs: submit (JSON or a JSONL upload), watch, cancel, download the dataset as it grows."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Iterator
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from services import jobs
+from services.export import to_alpaca, to_sharegpt
+from services.formats import Teacher
+from services.jobstore import JobStore
+from services.settings import Settings
+
+from ..deps import IdPath, SettingsDep, StoreDep, TeachersDep
+from ..protocol import DatasetFormat, ErrorResponse, JobCreate, JobDescription, JobSpec, PromptIn, assign_ids
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_SUBMIT_ERRORS = {
+    404: {"model": ErrorResponse, "description": "unknown student"},
+    409: {"model": ErrorResponse, "description": "a synthesis whose strategy needs the student's calibration"},
+    413: {"model": ErrorResponse, "description": "too many or too long prompts"},
+}
+_NOT_FOUND = {404: {"model": ErrorResponse, "description": "unknown job"}}
+
+
+def _too_large(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail)
+
+
+def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Teacher]) -> dict:
+    """Checks that need the service's state (limits, student, pool, router), then hands over to the job layer."""
+    if len(body.prompts) > settings.max_job_prompts:
+        raise _too_large(f"{len(body.prompts)} prompts; at most {settings.max_job_prompts} per job")
+    for prompt in body.prompts:
+        if len(prompt.prompt) > settings.max_prompt_chars:
+            raise _too_large(f"prompt {prompt.id!r} has {len(prompt.prompt)} characters; "
+                             f"at most {settings.max_prompt_chars}")
+    store.get_student(body.student_id)  # NotFound -> 404
+    names = [t.name for t in pool]
+    unknown = [t for t in body.teachers or () if t not in names]
+    if unknown:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"unknown teacher(s) {', '.join(map(repr, unknown))}; "
+                            f"the pool has {', '.join(names) or 'no teachers'}")
+    chosen = body.teachers or names
+    if body.strong_teacher is not None and body.strong_teacher not in chosen:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"strong_teacher {body.strong_teacher!r} is not among the job's teachers "
+                            f"({', '.join(chosen) or 'none'})")
+    try:
+        job_id = jobs.submit_job(store, settings, body.model_dump(exclude={"prompts"}),
+                                 [p.to_job() for p in body.prompts])
+    except jobs.NeedsCalibration as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return jobs.describe_job(store, job_id, settings)
+
+
+@router.post("", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED, summary="Submit a job",
+             responses=_SUBMIT_ERRORS)
+def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep) -> dict:
+    """Queued at once; poll ``GET /v1/jobs/{id}`` for progress."""
+    return _submit(body, settings, store, pool)
+
+
+def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
+    """Parse the JSONL upload line by line; every error names its line."""
+    prompts: list[PromptIn] = []
+    labels: list[str] = []
+    for lineno, raw in enumerate(file.file, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: not UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"line {lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: expected a JSON object")
+        try:
+            prompts.append(PromptIn.model_validate(obj))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: {problems}") from None
+        labels.append(f"line {lineno}")
+        if len(prompts) > limit:  # stop reading: the file is too big anyway
+            raise _too_large(f"more than {limit} prompts; at most {limit} per job")
+    if not prompts:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the file has no prompts")
+    try:
+        assign_ids(prompts, labels)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return prompts
+
+
+@router.post("/upload", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED,
+             summary="Submit a job with its prompts as a JSONL file", responses=_SUBMIT_ERRORS)
+def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON job body without prompts)")],
+               file: Annotated[UploadFile, File(description="JSONL: one {id?, prompt, reference?} per line")],
+               settings: SettingsDep, store: StoreDep, pool: TeachersDep) -> dict:
+    """For prompt sets too big to send as one JSON body."""
+    try:
+        parsed = JobSpec.model_validate_json(spec)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", "spec", *e["loc"])}
+                                      for e in exc.errors(include_url=False, include_context=False)]) from None
+    prompts = _upload_prompts(file, settings.max_job_prompts)
+    return _submit(JobCreate(**dict(parsed), prompts=prompts), settings, store, pool)
+
+
+@router.get("/{job_id}", response_model=JobDescription, summary="Job state and progress", responses=_NOT_FOUND)
+def get_job(job_id: IdPath, settings: SettingsDep, store: StoreDep) -> dict:
+    return jobs.describe_job(store, job_id, settings)
+
+
+@router.delete("/{job_id}", response_model=JobDescription, summary="Cancel a job", responses=_NOT_FOUND)
+def cancel_job(job_id: IdPath, store: StoreDep, settings: SettingsDep) -> dict:
+    """Work already done is kept (its rows stay downloadable); a finished job is left as it is."""
+    return jobs.cancel_job(store, job_id, settings)
+
+
+def _jsonl(rows: Iterator[dict]) -> Iterator[bytes]:
+    for row in rows:
+        yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
+
+
+def _json_array(rows: Iterator[dict], convert) -> Iterator[bytes]:
+    """A JSON array one element at a time, so a large dataset never sits in memory whole."""
+    yield b"["
+    for i, row in enumerate(rows):
+        yield ((",\n" if i else "\n") + json.dumps(convert(row), ensure_ascii=False)).encode()
+    yield b"\n]\n"
+
+
+@router.get("/{job_id}/dataset", summary="Download the dataset (partial while the job runs)",
+            response_class=StreamingResponse, responses={
+                **_NOT_FOUND,
+                200: {"description": "jsonl: one row {id, prompt, response, teacher, ...} per line; "
+                                     "sharegpt / alpaca: a JSON array for LLaMA-Factory",
+                      "content": {"application/x-ndjson": {}, "application/json": {}}}})
+def dataset(job_id: IdPath, store: StoreDep,
+            format: Annotated[DatasetFormat, Query(description="jsonl, sharegpt or alpaca")] = "jsonl",
+            ) -> StreamingResponse:
+    """Rows in prompt order; ``X-PerSyn-Job-State`` says whether more may come."""
+    state = store.state(job_id)  # NotFound -> 404
+    rows = store.iter_rows(job_id)
+    if format == "jsonl":
+        body, media, name = _jsonl(rows), "application/x-ndjson", f"persyn-{job_id}.jsonl"
+    else:
+        convert = to_sharegpt if format == "sharegpt" else to_alpaca
+        body, media, name = _json_array(rows, convert), "application/json", f"persyn-{job_id}-{format}.json"
+    return StreamingResponse(body, media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="{name}"', "X-PerSyn-Job-State": state})
