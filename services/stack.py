@@ -87,6 +87,7 @@ class LocalStack:
             **os.environ, "REDIS_URL": self.redis_url, "PERSYN_KEY_PREFIX": self.key_prefix,
             "PERSYN_TEACHER_POOL": str(self.teacher_pool), "PERSYN_ROUTER_DIR": str(self.work_dir / "routers"),
             "PERSYN_DATA_DIR": str(self.work_dir / "data"), "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no weight-loading bars in the worker logs
             **self.extra_env,
         }
 
