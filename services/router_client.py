@@ -12,8 +12,7 @@ from typing import Callable, Protocol, runtime_checkable
 import httpx
 
 from .router import RouteResult
-from .router_service import (NoActiveRouter, ResolveActive, RoutedBatch, RouterService, RouterServiceError,
-                             batching_from_env)
+from .router_service import NoActiveRouter, ResolveActive, RoutedBatch, RouterService, RouterServiceError
 from .settings import Settings
 
 
@@ -87,14 +86,10 @@ def _detail(response: httpx.Response) -> str:
 
 def service_from_settings(settings: Settings, resolve_active: ResolveActive,
                           on_batch: Callable[[int], None] | None = None) -> RouterService:
-    """A ``RouterService`` configured from settings (batching: ``settings.router_batching`` if the
-    field exists, else ``PERSYN_ROUTER_BATCHING``, default on)."""
-    batching = getattr(settings, "router_batching", None)
-    if batching is None:
-        batching = batching_from_env()
+    """A ``RouterService`` configured from settings."""
     return RouterService(resolve_active, cache_size=settings.router_cache_size,
                          max_batch_size=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms,
-                         batching=bool(batching), device=settings.device, on_batch=on_batch)
+                         batching=settings.router_batching, device=settings.device, on_batch=on_batch)
 
 
 def router_client_from_settings(settings: Settings, resolve_active: ResolveActive,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,6 @@ import torch
 from .router import RouteResult, Router
 
 #: Environment variable that turns micro-batching off (``0``/``false``/``off``) for the router.
-BATCHING_ENV = "PERSYN_ROUTER_BATCHING"
 
 #: Chunking of one forward pass: at most this many padded tokens per chunk ...
 CHUNK_TOKEN_BUDGET = 4096
@@ -66,14 +64,6 @@ class RouterUnavailable(RouterServiceError):
 class RoutedBatch:
     version: str
     results: list[RouteResult]
-
-
-def batching_from_env(default: bool = True) -> bool:
-    """``PERSYN_ROUTER_BATCHING``: ``0``, ``false``, ``no`` or ``off`` turn micro-batching off."""
-    raw = os.environ.get(BATCHING_ENV)
-    if raw is None or not raw.strip():
-        return default
-    return raw.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _chunks(lengths: Sequence[int], budget: int = CHUNK_TOKEN_BUDGET,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Mapping
 
 #: Where converted model weights and reward caches live (survives reruns).
 CACHE_DIR = Path(os.environ.get("PERSYN_CACHE_DIR", Path.home() / ".cache" / "persyn"))
@@ -16,12 +17,21 @@ DEFAULT_ALPHA = 0.4
 DEFAULT_CALIBRATION_SIZE = 2500
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
 def _keys(text: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
+
+
+#: How an environment value becomes a setting, by the field's declared type.
+_PARSERS = {"str": str, "str | None": str, "Path": Path, "Path | None": Path, "int": int, "float": float,
+            "bool": _flag, "tuple[str, ...]": _keys}
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Settings:
     max_prompt_chars: int = 16_000
     max_job_prompts: int = 200_000
     router_service_url: str | None = None  # None: the router runs inside the gateway
+    router_batching: bool = True  # micro-batching of concurrent route requests
     batch_max_size: int = 64
     batch_max_wait_ms: float = 2.0
     router_cache_size: int = 8
@@ -49,26 +60,39 @@ class Settings:
     visibility_timeout_s: int = 7200  # above the longest task (router training)
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        pool = os.environ.get("PERSYN_TEACHER_POOL")
-        return cls(
-            redis_url=_env("REDIS_URL", cls.redis_url),
-            key_prefix=_env("PERSYN_KEY_PREFIX", cls.key_prefix),
-            router_dir=Path(_env("PERSYN_ROUTER_DIR", str(cls.router_dir))),
-            data_dir=Path(_env("PERSYN_DATA_DIR", str(cls.data_dir))),
-            teacher_pool=Path(pool) if pool else None,
-            default_student_model=_env("PERSYN_STUDENT_MODEL", cls.default_student_model),
-            reward_model=os.environ.get("PERSYN_REWARD_MODEL") or None,
-            router_backbone=_env("PERSYN_ROUTER_BACKBONE", cls.router_backbone),
-            api_keys=_keys(_env("PERSYN_API_KEYS", "")),
-            max_prompts_per_request=int(_env("PERSYN_MAX_PROMPTS_PER_REQUEST", str(cls.max_prompts_per_request))),
-            max_prompt_chars=int(_env("PERSYN_MAX_PROMPT_CHARS", str(cls.max_prompt_chars))),
-            max_job_prompts=int(_env("PERSYN_MAX_JOB_PROMPTS", str(cls.max_job_prompts))),
-            router_service_url=os.environ.get("PERSYN_ROUTER_URL") or None,
-            batch_max_size=int(_env("PERSYN_BATCH_MAX_SIZE", str(cls.batch_max_size))),
-            batch_max_wait_ms=float(_env("PERSYN_BATCH_MAX_WAIT_MS", str(cls.batch_max_wait_ms))),
-            router_cache_size=int(_env("PERSYN_ROUTER_CACHE_SIZE", str(cls.router_cache_size))),
-            device=os.environ.get("PERSYN_DEVICE") or None,
-            task_max_retries=int(_env("PERSYN_TASK_MAX_RETRIES", str(cls.task_max_retries))),
-            visibility_timeout_s=int(_env("PERSYN_VISIBILITY_TIMEOUT_S", str(cls.visibility_timeout_s))),
-        )
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        """Settings from ``ENV_VARS``; unset or empty variables keep the default."""
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_VARS[f.name], "")
+            if raw.strip():
+                try:
+                    values[f.name] = _PARSERS[f.type](raw.strip())
+                except ValueError as exc:
+                    raise ValueError(f"{ENV_VARS[f.name]}: {exc}") from exc
+        return cls(**values)
+
+
+#: The environment variable of every setting: docker-compose and the k8s manifests set these names.
+ENV_VARS = {
+    "redis_url": "REDIS_URL",
+    "key_prefix": "PERSYN_KEY_PREFIX",
+    "router_dir": "PERSYN_ROUTER_DIR",
+    "data_dir": "PERSYN_DATA_DIR",
+    "teacher_pool": "PERSYN_TEACHER_POOL",
+    "default_student_model": "PERSYN_STUDENT_MODEL",
+    "reward_model": "PERSYN_REWARD_MODEL",
+    "router_backbone": "PERSYN_ROUTER_BACKBONE",
+    "api_keys": "PERSYN_API_KEYS",
+    "max_prompts_per_request": "PERSYN_MAX_PROMPTS_PER_REQUEST",
+    "max_prompt_chars": "PERSYN_MAX_PROMPT_CHARS",
+    "max_job_prompts": "PERSYN_MAX_JOB_PROMPTS",
+    "router_service_url": "PERSYN_ROUTER_URL",
+    "router_batching": "PERSYN_ROUTER_BATCHING",
+    "batch_max_size": "PERSYN_BATCH_MAX_SIZE",
+    "batch_max_wait_ms": "PERSYN_BATCH_MAX_WAIT_MS",
+    "router_cache_size": "PERSYN_ROUTER_CACHE_SIZE",
+    "device": "PERSYN_DEVICE",
+    "task_max_retries": "PERSYN_TASK_MAX_RETRIES",
+    "visibility_timeout_s": "PERSYN_VISIBILITY_TIMEOUT_S",
+}
