@@ -59,13 +59,28 @@ def format_allocation(counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def plot_allocation(counts: dict[str, int], path: str | Path, *, title: str = "Teacher allocation") -> Path:
-    """Horizontal bar chart of the share of prompts routed to each teacher."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_allocation(counts: dict[str, int], path: str | Path, *, title: str = "Teacher allocation") -> Path:
+    """Horizontal bar chart of the share of prompts routed to each teacher."""
+    plt = _pyplot()
     items = sorted(counts.items(), key=lambda kv: kv[1])
     total = sum(counts.values()) or 1
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.2))
@@ -74,22 +89,13 @@ def plot_allocation(counts: dict[str, int], path: str | Path, *, title: str = "T
         ax.text(100 * n / total, i, f" {n}", va="center", fontsize=8)
     ax.set_xlabel("% of prompts")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_router_quality(table: dict[str, dict[str, float]], path: str | Path,
                         *, title: str = "Router quality on held-out prompts") -> Path:
     """Grouped bars of Hit@k per router."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(table)
     metrics = list(next(iter(table.values())))
     x = np.arange(len(names))
@@ -103,12 +109,7 @@ def plot_router_quality(table: dict[str, dict[str, float]], path: str | Path,
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def holdout_comparison(prompts: Sequence[str], teachers: Sequence[str], scores: np.ndarray, *,
