@@ -242,10 +242,13 @@ def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int
         bars: dict[str, tqdm] = {}
         while True:
             job = client.get(f"/v1/jobs/{job_id}").json()
-            for stage in job["stages"]:
+            for stage in job["stages"]:  # one bar per stage, closed when the stage finishes
                 bar = bars.get(stage["stage"]) or bars.setdefault(
                     stage["stage"], tqdm(total=stage["total"], desc=stage["stage"], unit="item"))
-                bar.update(stage["done"] + stage["failed"] - bar.n)
+                if not bar.disable:  # tqdm marks a closed bar disabled
+                    bar.update(stage["done"] + stage["failed"] - bar.n)
+                    if stage["finished"] is not None:
+                        bar.close()
             if job["state"] not in ("queued", "running"):
                 break
             time.sleep(0.5)
