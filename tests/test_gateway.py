@@ -95,7 +95,7 @@ def client(settings, store, students):
 
 @pytest.fixture
 def enqueued(monkeypatch, pool_file):
-    """Celery's queues are not key-prefixed: record the sends instead of making them."""
+    """No workers consume these tests' queues: record the sends instead of making them."""
     sent = []
     monkeypatch.setattr(services.jobs, "enqueue", lambda task, args, queue: sent.append((task, args, queue)))
     monkeypatch.setenv("PERSYN_TEACHER_POOL", str(pool_file))  # for job-layer code that reads the environment
@@ -148,6 +148,26 @@ def test_routing_over_http_equals_the_library(settings, store, students, router_
     assert "persyn_router_batch_size_count" in scrape and "persyn_router_batch_size_count 0.0" not in scrape
     assert 'persyn_jobs{state="running"}' in scrape and "persyn_task_failures" in scrape
     assert ready.status_code == 200 and ready.json()["checks"]["redis"] == "ok"
+
+
+def test_routing_through_a_separate_router_server_equals_the_library(settings, store, students, router_dir):
+    from dataclasses import replace
+
+    from services.router_server import create_app as create_router_server
+
+    expected = Router.load(router_dir, device="cpu").route(QUERIES, top_k=3)
+    with serve(create_router_server(settings)) as router_url:
+        remote = replace(settings, router_service_url=router_url)
+        with serve(create_app(remote, store=store)) as base, httpx.Client(base_url=base, timeout=60) as http:
+            reply = http.post("/v1/route", json={"student_id": "stu-a", "prompts": QUERIES})
+            ready = http.get("/readyz")
+            missing = http.post("/v1/route", json={"student_id": "stu-new", "prompts": QUERIES[:1]})
+    assert reply.status_code == 200, reply.text
+    assert [r["teacher"] for r in reply.json()["results"]] == [e.teacher for e in expected]
+    for got, want in zip(reply.json()["results"], expected):
+        np.testing.assert_allclose([got["strengths"][t] for t in TEACHERS], [want.strengths[t] for t in TEACHERS],
+                                   atol=1e-5)
+    assert ready.status_code == 200 and missing.status_code == 409
 
 
 def test_route_top_k_above_the_pool_returns_the_whole_ranking(client):
