@@ -78,3 +78,37 @@ def test_route_rejects_unknown_teacher_in_persyn_strategy(small_parallel, tmp_pa
     other.write_text('{"id": "z", "prompt": "p", "responses": {"a": "x", "zeta": "y"}}\n')
     result = run_cli("select", "--strategy", "persyn", "--router", out, "--parallel", other, "--out", tmp_path / "d")
     assert result.returncode == 2 and "does not know teacher(s) zeta" in result.stderr
+
+
+def test_score_writes_normalised_scores_and_rankings(small_parallel, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--parallel", str(small_parallel), "--alpha", "0", "--normalise", "minmax",
+                 "--out", str(out)]) == 0
+    first = json.loads(out.read_text().splitlines()[0])  # quality a=5, b=7, c=1
+    assert first["ranking"] == ["b", "a", "c"] and first["learnability"] is None
+    assert first["score"] == {"a": pytest.approx(4 / 6), "b": 1.0, "c": 0.0}
+
+
+def test_evaluate_prints_hit_at_k_for_every_router_and_plots(small_parallel, tmp_path, capsys):
+    plot = tmp_path / "quality.png"
+    assert main(["evaluate", "--parallel", str(small_parallel), "--alpha", "0", "--plot", str(plot),
+                 "--cache", str(tmp_path / "c.sqlite")]) == 0
+    table = capsys.readouterr().out
+    for name in ("random", "best_single", "knn@10", "persyn"):
+        assert name in table
+    assert plot.stat().st_size > 1000
+
+
+def test_import_magpie_then_export_alpaca(tmp_path):
+    magpie = tmp_path / "magpie.jsonl"
+    magpie.write_text(json.dumps({"uuid": "u1", "instruction": "Say hi",
+                                  "m1": {"content": "Hi!", "ArmoRM": 0.2}, "m2": {"content": "Hey", "ArmoRM": 0.1}}) + "\n")
+    parallel = tmp_path / "parallel.jsonl"
+    assert main(["import-magpie", "--input", str(magpie), "--out", str(parallel)]) == 0
+    assert json.loads(parallel.read_text())["quality"] == {"m1": 0.2, "m2": 0.1}
+    assert main(["select", "--strategy", "oracle", "--parallel", str(parallel), "--alpha", "0",
+                 "--out", str(tmp_path / "ds")]) == 0
+    assert main(["export", "--dataset", str(tmp_path / "ds" / "oracle.jsonl"), "--format", "alpaca",
+                 "--out", str(tmp_path / "lf")]) == 0
+    assert json.loads((tmp_path / "lf" / "persyn_alpaca.json").read_text()) == [
+        {"instruction": "Say hi", "input": "", "output": "Hi!"}]
