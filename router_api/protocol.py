@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
 from services.export import FORMATS
 from services.jobs import JOB_KINDS
@@ -65,6 +65,10 @@ class StudentCreate(BaseModel):
     student_id: StudentId
     model: str | None = Field(None, description="Student model; the service default when absent.")
     family: str | None = None
+    endpoint: AnyHttpUrl | None = Field(
+        None, description="OpenAI-compatible server (vLLM) of the student for prompt log-probs; "
+                          "the scoring worker runs the model itself when absent.")
+    endpoint_model: str | None = Field(None, description="Model name served at `endpoint` (default: `model`).")
 
 
 class RouterVersion(BaseModel):
@@ -78,6 +82,8 @@ class Student(BaseModel):
     id: str
     model: str
     family: str | None
+    endpoint: str | None = None
+    endpoint_model: str | None = None
     created: float
     active_version: str | None
     versions: list[RouterVersion]

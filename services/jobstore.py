@@ -63,9 +63,13 @@ class JobStore:
 
     # ------------------------------------------------------------------ students
 
-    def register_student(self, student_id: str, model: str, family: str | None = None) -> dict:
+    def register_student(self, student_id: str, model: str, family: str | None = None, *,
+                         endpoint: str | None = None, endpoint_model: str | None = None) -> dict:
+        """``model`` is the student's weights (its tokenizer always); with ``endpoint`` its
+        log-probs come from that OpenAI-compatible server (vLLM) serving ``endpoint_model``."""
         key = self._k("student", student_id)
         self.r.hset(key, mapping={"id": student_id, "model": model, "family": family or "",
+                                  "endpoint": endpoint or "", "endpoint_model": endpoint_model or "",
                                   "created": self.r.hget(key, "created") or _now()})
         self.r.sadd(self._k("students"), student_id)
         return self.get_student(student_id)
@@ -77,6 +81,7 @@ class JobStore:
         versions = [json.loads(v) for v in self.r.hvals(self._k("student", student_id, "versions"))]
         versions.sort(key=lambda v: v["created"])
         return {"id": data["id"], "model": data["model"], "family": data["family"] or None,
+                "endpoint": data.get("endpoint") or None, "endpoint_model": data.get("endpoint_model") or None,
                 "created": float(data["created"]), "active_version": data.get("active_version") or None,
                 "versions": versions}
 

@@ -15,7 +15,10 @@ _NOT_FOUND = {404: {"model": ErrorResponse, "description": "unknown student or r
 @router.post("", response_model=Student, status_code=status.HTTP_201_CREATED, summary="Register a student")
 def create_student(body: StudentCreate, settings: SettingsDep, store: StoreDep) -> dict:
     """Registering again updates model and family and keeps the router versions."""
-    return store.register_student(body.student_id, body.model or settings.default_student_model, body.family)
+    model = body.model or settings.default_student_model
+    return store.register_student(body.student_id, model, body.family,
+                                  endpoint=str(body.endpoint) if body.endpoint else None,
+                                  endpoint_model=body.endpoint_model or (model if body.endpoint else None))
 
 
 @router.get("/{student_id}", response_model=Student, summary="A student, its router versions and the active one",
