@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import httpx
+from celery.signals import worker_ready
 
 from services import worker_runtime as rt
 from services.celery_app import app
-from services.generation import answer
+from services.generation import answer, check_teachers
 from services.jobs import GENERATE_TASK, GENERATE_THEN_SELECT, item_key
 from services.openai_client import OpenAICompatError
+
+log = logging.getLogger(__name__)
+
+
+@worker_ready.connect
+def _check_teachers(**_) -> None:
+    """Say at startup which teachers do not answer; their tasks will retry, then fail cleanly."""
+    try:
+        check_teachers(rt.teachers().values())
+    except Exception as exc:  # noqa: BLE001 - a warning, not a reason to stop the worker
+        log.warning("teacher health check failed: %s", exc)
 
 
 def _transient(exc: Exception) -> bool:

@@ -21,10 +21,10 @@ from services.quality import math_verify_reward
 def _quality(prompt: dict, texts: list[str]) -> list[float]:
     if prompt.get("reference") is not None:
         return [math_verify_reward(t, str(prompt["reference"])) for t in texts]
-    model = rt.settings().reward_model
-    if model is None:
+    scorer = rt.reward_model()
+    if scorer is None:
         raise ValueError(f"prompt {prompt['id']!r} has no reference and no reward model is configured")
-    return [float(v) for v in rt.reward_model(model).score([(prompt["prompt"], t) for t in texts])]
+    return [float(v) for v in scorer.score([(prompt["prompt"], t) for t in texts])]
 
 
 def compute_scores(job_id: str, stage: str, prompt_id: str) -> dict | None:
@@ -40,18 +40,18 @@ def compute_scores(job_id: str, stage: str, prompt_id: str) -> dict | None:
     names, texts = list(answers), [a["text"] for a in answers.values()]
     record = [ParallelRecord(id=prompt_id, prompt=prompt["prompt"], responses=dict(zip(names, texts)))]
     alpha = spec.get("alpha", 0.4)
-    student = store.get_student(spec["student_id"])["model"]
+    student = store.get_student(spec["student_id"])
     quality = _quality(prompt, texts) if alpha < 1 else None
     learn = None
     if alpha > 0:
-        learn = learnability_matrix(record, names, student, cache=rt.score_cache(),
+        learn = learnability_matrix(record, names, student["model"], cache=rt.score_cache(),
                                     scorer=rt.learnability_scorer(student))[0].tolist()
     combined = method.combine(None if quality is None else np.array([quality]),
                               None if learn is None else np.array([learn]), alpha)[0]
     scores = {"teachers": names, "quality": quality, "learnability": learn, "combined": combined.tolist()}
     if spec.get("strategy") == "scas" and stage == "select":
-        scores["scas_cost"] = scas_cost_matrix(record, names, student, cache=rt.score_cache(),
-                                               scorer=rt.scas_scorer(student))[0].tolist()
+        scores["scas_cost"] = scas_cost_matrix(record, names, student["model"], cache=rt.score_cache(),
+                                               scorer=rt.scas_scorer(student["model"]))[0].tolist()
     return scores
 
 

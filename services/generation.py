@@ -55,6 +55,24 @@ def client_for(teacher: Teacher, timeout: float = 120.0) -> OpenAICompatClient:
     return OpenAICompatClient(teacher.base_url, teacher.model, timeout=timeout)
 
 
+def check_teachers(teachers: Iterable[Teacher], timeout: float = 10.0) -> None:
+    """Startup check: every teacher's endpoint answers ``/v1/models`` and serves its model."""
+    for base_url, model in dict.fromkeys((t.base_url, t.model) for t in teachers):
+        with OpenAICompatClient(base_url, model, timeout=timeout, max_retries=1) as client:
+            client.check_health()
+
+
+def usage_by_teacher(answers: Iterable[tuple[Teacher, GeneratedAnswer]]) -> dict[str, dict]:
+    """Requests, completion tokens and cost per teacher (cost from ``cost_per_1m_output``)."""
+    usage: dict[str, dict] = {}
+    for teacher, answer in answers:
+        u = usage.setdefault(teacher.name, {"requests": 0, "completion_tokens": 0, "cost": 0.0})
+        u["requests"] += answer.n_samples
+        u["completion_tokens"] += answer.completion_tokens
+        u["cost"] = round(u["completion_tokens"] * teacher.cost_per_1m_output / 1e6, 6)
+    return usage
+
+
 def generate(teacher: Teacher, prompt: str, *, n: int = 1, seed: int | None = None,
              client: OpenAICompatClient | None = None,
              sampling: dict | None = None) -> list[ChatResult]:

@@ -69,7 +69,7 @@ def _with_max_tokens(teachers: list[Teacher], max_tokens: int) -> list[Teacher]:
 
 def run_pipeline(config: PipelineConfig) -> dict:
     """Run the whole offline job; returns the summary also written to ``summary.json``."""
-    from .generation import generate_many
+    from .generation import check_teachers, generate_many, usage_by_teacher
 
     method.check_alpha(config.alpha)
     if config.n_calibration < 2:
@@ -97,6 +97,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         teachers = _with_max_tokens(teachers, config.max_tokens)
         names = [t.name for t in teachers]
         by_name = {t.name: t for t in teachers}
+        check_teachers(teachers)
 
         _log(f"calibration: {n_cal} prompts x {len(teachers)} teachers (parallel answers)")
         cal_answers = generate_many(
@@ -148,13 +149,13 @@ def run_pipeline(config: PipelineConfig) -> dict:
     files = {fmt: str(export_dataset(rows, out / "dataset", fmt)) for fmt in FORMATS}
     counts = allocation([r["teacher"] for r in rows], names)
     plot = plot_allocation(counts, out / "allocation.png", title=f"Teacher allocation ({pool_label})")
-    used = sum(a.n_samples for a in cal_answers.values()) + sum(a.n_samples for a in answers.values())
+    usage = usage_by_teacher((by_name[t], a) for (_, t), a in [*cal_answers.items(), *answers.items()])
     summary = {
         "pool": pool_label, "teachers": names, "n_prompts": len(prompts), "n_calibration": n_cal,
         "alpha": config.alpha, "allocation": counts,
         "verified_share": float(np.mean([r["verified"] for r in rows])),
         "generations": method.generation_counts(len(prompts), len(names), n_cal),
-        "samples_drawn": used, "router_metrics": metrics,
+        "samples_drawn": sum(u["requests"] for u in usage.values()), "usage": usage, "router_metrics": metrics,
         "dataset": files, "allocation_plot": str(plot), "router": str(out / "router"),
         "seconds": round(time.time() - started, 1),
     }
@@ -163,5 +164,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
     gens = summary["generations"]
     _log(f"generations: Route-then-Generate {gens['route_then_generate']} vs "
          f"Generate-then-Select {gens['generate_then_select']} (answers, before math resampling)")
+    _log("teacher usage: " + ", ".join(f"{t}: {u['requests']} requests, {u['completion_tokens']} tokens, "
+                                       f"${u['cost']:.6f}" for t, u in usage.items()))
     _log(f"dataset written to {files['jsonl']} (also {files['sharegpt']}, {files['alpaca']}); plot {plot}")
     return summary

@@ -44,7 +44,8 @@ class Settings:
     data_dir: Path = CACHE_DIR / "service"  # uploaded prompt files, score caches
     teacher_pool: Path | None = None  # teacher pool YAML
     default_student_model: str = "smollm2-135m-instruct"
-    reward_model: str | None = None  # local HF reward model for prompts without a reference
+    reward_model: str | None = None  # reward model for prompts without a reference: local HF dir, or the
+    reward_model_url: str | None = None  # model name served by this vLLM pooling endpoint when set
     router_backbone: str = "all-minilm-l6-v2"
     api_keys: tuple[str, ...] = field(default_factory=tuple)  # empty: auth off
     max_prompts_per_request: int = 256
@@ -82,6 +83,7 @@ ENV_VARS = {
     "teacher_pool": "PERSYN_TEACHER_POOL",
     "default_student_model": "PERSYN_STUDENT_MODEL",
     "reward_model": "PERSYN_REWARD_MODEL",
+    "reward_model_url": "PERSYN_REWARD_MODEL_URL",
     "router_backbone": "PERSYN_ROUTER_BACKBONE",
     "api_keys": "PERSYN_API_KEYS",
     "max_prompts_per_request": "PERSYN_MAX_PROMPTS_PER_REQUEST",

@@ -48,8 +48,17 @@ def client(base_url: str, model: str) -> OpenAICompatClient:
     return OpenAICompatClient(base_url, model)
 
 
-@lru_cache(maxsize=2)
-def learnability_scorer(model_ref: str):
+def learnability_scorer(student: dict):
+    """The student's log-prob scorer: its vLLM endpoint when registered with one, else local weights."""
+    return _learnability_scorer(student["model"], student.get("endpoint"), student.get("endpoint_model"))
+
+
+@lru_cache(maxsize=4)
+def _learnability_scorer(model_ref: str, endpoint: str | None, endpoint_model: str | None):
+    if endpoint:
+        from .endpoint_scoring import EndpointLearnabilityScorer
+
+        return EndpointLearnabilityScorer(endpoint, endpoint_model or model_ref, tokenizer_ref=model_ref)
     from .learnability import LearnabilityScorer
 
     return LearnabilityScorer(model_ref, device=settings().device)
@@ -63,10 +72,18 @@ def scas_scorer(model_ref: str):
 
 
 @lru_cache(maxsize=1)
-def reward_model(model_ref: str):
+def reward_model():
+    """Raw reward scorer: the vLLM pooling endpoint when configured, else a local HF reward model."""
+    s = settings()
+    if s.reward_model is None:
+        return None
+    if s.reward_model_url:
+        from .endpoint_scoring import EndpointRewardScorer
+
+        return EndpointRewardScorer(s.reward_model_url, s.reward_model)
     from .quality import RewardModelScorer
 
-    return RewardModelScorer(model_ref, device=settings().device)
+    return RewardModelScorer(s.reward_model, device=s.device)
 
 
 @lru_cache(maxsize=4)

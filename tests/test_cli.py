@@ -112,3 +112,12 @@ def test_import_magpie_then_export_alpaca(tmp_path):
                  "--out", str(tmp_path / "lf")]) == 0
     assert json.loads((tmp_path / "lf" / "persyn_alpaca.json").read_text()) == [
         {"instruction": "Say hi", "input": "", "output": "Hi!"}]
+
+
+def test_pipeline_refuses_a_pool_whose_teacher_does_not_answer(tmp_path):
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("teachers:\n  - {name: gone, family: x, size_b: 7, base_url: 'http://127.0.0.1:9/v1', model: m}\n")
+    result = run_cli("pipeline", "--pool", pool, "--prompts", 4, "--calibration", 2, "--out", tmp_path / "run")
+    assert result.returncode == 2, result.stderr
+    assert "persyn: error:" in result.stderr and "127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr
