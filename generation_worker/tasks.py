@@ -55,6 +55,8 @@ def generate(self, job_id: str, stage: str, prompt_id: str, teacher_name: str) -
             store.add_usage(job_id, teacher_name, requests=reply.n_samples,
                             completion_tokens=reply.completion_tokens)
         result = store.get_result(job_id, "gen", key)
+        if not store.is_active(job_id):  # cancelled while the teacher was answering
+            return "skipped: job ended"
     if stage == "generate" and spec.get("strategy", "persyn") not in GENERATE_THEN_SELECT:
         store.put_row(job_id, {"id": prompt_id, "prompt": prompt["prompt"], "response": result["text"],
                                "teacher": teacher_name, "verified": result["verified"], "source": "routed"})
