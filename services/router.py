@@ -25,6 +25,10 @@ from .bt import BTHead
 from .models import resolve_model
 
 ARTIFACT_VERSION = 1
+#: One encoder forward pass: at most this many padded tokens ...
+ENCODE_TOKEN_BUDGET = 4096
+#: ... and padded tokens at most this factor above the real ones.
+ENCODE_MAX_PADDING = 1.25
 
 
 def default_device() -> str:
@@ -67,17 +71,37 @@ class PromptEncoder(torch.nn.Module):
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
     @torch.inference_mode()
-    def encode(self, prompts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Embeddings for many prompts, batched in length order to waste little padding."""
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    def encode(self, prompts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Embeddings for many prompts, in chunks of similar length so little compute goes to padding."""
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts), truncation=True,
+                                                      max_length=self.max_length)["input_ids"]]
         out = np.zeros((len(prompts), self.hidden_size), dtype=np.float32)
         was_training = self.training
         self.eval()
-        for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="encode prompts"):
-            idx = order[start:start + batch_size]
+        for idx in tqdm(length_chunks(lengths), disable=not progress, desc="encode prompts"):
             out[idx] = self([prompts[i] for i in idx]).float().cpu().numpy()
         self.train(was_training)
         return out
+
+
+def length_chunks(lengths: Sequence[int], budget: int = ENCODE_TOKEN_BUDGET,
+                  max_padding: float = ENCODE_MAX_PADDING) -> list[list[int]]:
+    """Indices grouped by ascending length: at most ``budget`` padded tokens per chunk, and padded
+    tokens at most ``max_padding`` times the real ones (a prompt that breaks either goes alone)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        n = max(1, int(lengths[i]))
+        padded = (len(current) + 1) * n  # ascending order: n is the chunk's longest
+        if current and (padded > budget or padded > max_padding * (real + n)):
+            chunks.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 @dataclass(frozen=True)
@@ -128,9 +152,9 @@ class Router:
         return directory
 
     @torch.inference_mode()
-    def strengths(self, prompts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def strengths(self, prompts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """pi(x) for each prompt: ``[n_prompts, n_teachers]``."""
-        features = self.encoder.encode(prompts, batch_size=batch_size, progress=progress)
+        features = self.encoder.encode(prompts, progress=progress)
         return self.strengths_from_features(features)
 
     @torch.inference_mode()
@@ -138,10 +162,9 @@ class Router:
         x = torch.as_tensor(features, device=self.encoder.device)
         return self.head(x).float().cpu().numpy()
 
-    def route(self, prompts: Sequence[str], *, top_k: int = 3, batch_size: int = 32,
-              progress: bool = False) -> list[RouteResult]:
+    def route(self, prompts: Sequence[str], *, top_k: int = 3, progress: bool = False) -> list[RouteResult]:
         """The argmax teacher, the top k and every teacher's strength, per prompt."""
-        return self.results(self.strengths(prompts, batch_size=batch_size, progress=progress), top_k)
+        return self.results(self.strengths(prompts, progress=progress), top_k)
 
     def results(self, strengths: np.ndarray, top_k: int = 3) -> list[RouteResult]:
         k = max(1, min(top_k, len(self.teachers)))

@@ -16,9 +16,9 @@ Used in-process by the gateway (``router_api``) and by the standalone router ser
   ``max_batch_size`` runs alone; an error in a forward pass fails only that batch.
 - **One forward at a time.** Every forward pass runs in one dedicated single-thread
   executor (the CPU or GPU is the bottleneck; the event loop only moves requests).
-  Inside a pass the prompts are sorted by token length and cut into chunks with little
-  padding, since prompts of very different lengths padded together cost far more than
-  their real tokens (attention and every matmul run over the padding too).
+  Inside a pass the encoder cuts the prompts into chunks of similar token length
+  (``PromptEncoder.encode``): prompts of very different lengths padded together cost far
+  more than their real tokens.
 - ``batching=False``: every request gets its own forward pass on the same executor (the
   benchmark's baseline).
 """
@@ -31,19 +31,11 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable
 
 import numpy as np
-import torch
 
 from .router import RouteResult, Router
-
-#: Environment variable that turns micro-batching off (``0``/``false``/``off``) for the router.
-
-#: Chunking of one forward pass: at most this many padded tokens per chunk ...
-CHUNK_TOKEN_BUDGET = 4096
-#: ... and padded tokens at most this factor above the chunk's real tokens (or one prompt alone).
-CHUNK_MAX_PADDING = 1.25
 
 ResolveActive = Callable[[str], "tuple[str, str] | None | Awaitable[tuple[str, str] | None]"]
 
@@ -64,41 +56,6 @@ class RouterUnavailable(RouterServiceError):
 class RoutedBatch:
     version: str
     results: list[RouteResult]
-
-
-def _chunks(lengths: Sequence[int], budget: int = CHUNK_TOKEN_BUDGET,
-            max_padding: float = CHUNK_MAX_PADDING) -> list[list[int]]:
-    """Indices grouped into chunks of similar length (ascending), little padding per chunk."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        n = max(1, int(lengths[i]))
-        if current:
-            padded = (len(current) + 1) * n  # sorted ascending: n is the chunk's longest
-            if padded > budget or padded > max_padding * (real + n):
-                chunks.append(current)
-                current, real = [], 0
-        current.append(i)
-        real += n
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-@torch.inference_mode()
-def compute_strengths(router: Router, prompts: Sequence[str]) -> np.ndarray:
-    """``router.strengths(prompts)`` (same figures up to float noise), padding-aware chunking."""
-    encoder = router.encoder
-    if len(prompts) == 1:
-        return router.strengths_from_features(encoder([prompts[0]]).float().cpu().numpy())
-    lengths = [len(ids) for ids in encoder.tokenizer(list(prompts), truncation=True,
-                                                     max_length=encoder.max_length)["input_ids"]]
-    features = np.zeros((len(prompts), encoder.hidden_size), dtype=np.float32)
-    for idx in _chunks(lengths):
-        features[idx] = encoder([prompts[i] for i in idx]).float().cpu().numpy()
-    return router.strengths_from_features(features)
 
 
 @dataclass
@@ -232,7 +189,7 @@ class RouterService:
 
     async def _forward(self, router: Router, prompts: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        strengths = await loop.run_in_executor(self._executor, compute_strengths, router, prompts)
+        strengths = await loop.run_in_executor(self._executor, router.strengths, prompts)
         self.forward_passes += 1
         if self._on_batch is not None:
             try:

@@ -15,7 +15,6 @@ import pytest
 import redis
 import uvicorn
 
-from services import router_service as rs
 from services.jobstore import JobStore
 from services.router import Router
 from services.router_client import (HTTPRouterClient, LocalRouterClient, RouterClient,
@@ -172,14 +171,14 @@ def test_batching_off_runs_one_forward_per_request(store, artifacts):
 
 def test_a_failed_forward_fails_only_its_batch(store, artifacts, monkeypatch):
     student = _student(store, artifacts)
-    real = rs.compute_strengths
+    real = Router.strengths
 
-    def flaky(router, prompts):
+    def flaky(router, prompts, **kw):
         if any("BOOM" in p for p in prompts):
             raise RuntimeError("forward failed")
-        return real(router, prompts)
+        return real(router, prompts, **kw)
 
-    monkeypatch.setattr(rs, "compute_strengths", flaky)
+    monkeypatch.setattr(Router, "strengths", flaky)
 
     async def go():
         service = RouterService(store.active_router, device="cpu")
