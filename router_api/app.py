@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 import services
 from services.formats import load_teacher_pool
 from services.jobstore import JobStore, NotFound
-from services.router_server import router_client_from_settings
+from services.router_client import router_client_from_settings
 from services.router_service import NoActiveRouter, RouterServiceError
 from services.settings import Settings
 

@@ -21,13 +21,9 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from .router_client import (HTTPRouterClient, LocalRouterClient, RouterClient, router_client_from_settings,
-                            service_from_settings)
+from .router_client import service_from_settings
 from .router_service import NoActiveRouter, RouterService, RouterServiceError
 from .settings import Settings
-
-__all__ = ["create_app", "main", "RouteRequest", "RouterClient", "LocalRouterClient", "HTTPRouterClient",
-           "router_client_from_settings"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8100
