@@ -7,8 +7,8 @@ gateway at it).
                   503 when the active router cannot be loaded.
     GET  /healthz {"status": "ok", "loaded": [[student, version], ...], "batching": bool}
 
-Settings come from the environment (``Settings.from_env``) plus ``PERSYN_ROUTER_BATCHING``
-(``0`` turns micro-batching off).
+Settings come from the environment (``Settings.from_env``; ``PERSYN_ROUTER_BATCHING=0`` turns
+micro-batching off).
 """
 
 from __future__ import annotations
