@@ -160,3 +160,26 @@ def test_cancel_stops_a_running_job(stack):
     assert job["state"] == "cancelled"
     assert job["stages"][-1]["done"] < len(prompts)
     assert len(dataset(client, job_id)) == job["rows"] < len(prompts)  # partial dataset stays downloadable
+
+
+def test_generate_then_select_strategies_pick_by_their_scores(stack):
+    running, store, client, teachers = stack
+    client.post("/v1/students", json={"student_id": "gts-student"})
+    prompts = make_problems(2, seed=21)
+    jobs = {}
+    for strategy in ("oracle", "scas"):
+        response = client.post("/v1/jobs", json={"kind": "synthesize", "student_id": "gts-student",
+                                                 "strategy": strategy, "prompts": prompts, "seed": 1})
+        assert response.status_code == 202, response.text
+        jobs[strategy] = response.json()["id"]
+    for strategy, job_id in jobs.items():
+        job = wait(client, job_id)
+        assert job["state"] == "succeeded", job
+        assert [(s["stage"], s["total"]) for s in job["stages"]] == [("generate", 2 * len(teachers)), ("select", 2)]
+        rows = dataset(client, job_id)
+        assert sorted(r["id"] for r in rows) == sorted(p["id"] for p in prompts)
+        for row in rows:
+            scores = store.get_result(job_id, "score", row["id"])
+            values = scores["combined"] if strategy == "oracle" else [-c for c in scores["scas_cost"]]
+            assert row["teacher"] == scores["teachers"][int(np.argmax(values))]
+            assert row["response"] == store.get_result(job_id, "gen", f"{row['id']}|{row['teacher']}")["text"]
