@@ -183,3 +183,42 @@ def test_generate_then_select_strategies_pick_by_their_scores(stack):
             values = scores["combined"] if strategy == "oracle" else [-c for c in scores["scas_cost"]]
             assert row["teacher"] == scores["teachers"][int(np.argmax(values))]
             assert row["response"] == store.get_result(job_id, "gen", f"{row['id']}|{row['teacher']}")["text"]
+
+
+def test_calibrate_job_then_baselines_that_use_its_statistics(stack):
+    running, store, client, teachers = stack
+    client.post("/v1/students", json={"student_id": "base-student", "family": "smollm2"})
+    response = client.post("/v1/jobs", json={"kind": "calibrate", "student_id": "base-student",
+                                             "prompts": make_problems(3, seed=31), "calibration_size": 3})
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert [s["stage"] for s in job["stages"]] == ["calibration.generate", "calibration.score", "train"]
+    assert job["rows"] == 0  # calibration alone builds no dataset
+    student = client.get("/v1/students/base-student").json()
+    [version] = student["versions"]
+    assert student["active_version"] == version["version"] == job["router_version"]
+    stats = version["metrics"]["calibration_stats"]
+    quality, learn = stats["quality"], stats["learnability"]
+    strong = max(teachers, key=lambda t: quality[t])
+    car = max(teachers, key=lambda t: quality[t] / (1 + (-learn[t])))
+    family = max((t for t in teachers if t != "demo-creative"), key=lambda t: quality[t])  # smollm2 family
+
+    prompts = [{"id": p["id"], "prompt": p["prompt"]} for p in make_problems(3, seed=32)]
+    weak = next(t for t in teachers if t != strong)  # the demo teachers share one size: the first other one
+    expected = {"strong": {strong}, "car": {car}, "family_strong": {family}, "mix": {strong, weak}}
+    submitted = {}
+    for strategy in expected:
+        response = client.post("/v1/jobs", json={"kind": "synthesize", "student_id": "base-student",
+                                                 "strategy": strategy, "prompts": prompts})
+        assert response.status_code == 202, response.text
+        submitted[strategy] = response.json()["id"]
+    for strategy, job_id in submitted.items():
+        job = wait(client, job_id)
+        assert job["state"] == "succeeded", job
+        used = {r["teacher"] for r in dataset(client, job_id)}
+        assert job["rows"] == len(prompts)
+        if strategy == "mix":
+            assert used <= expected[strategy]  # a per-prompt draw between the strongest and the smallest
+        else:
+            assert used == expected[strategy], strategy
