@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nsingle stream (one request at a time): {before['tok_s']:.1f} tok/s before, "
           f"{after['tok_s']:.1f} after, baseline {base:.1f}; llama.cpp's own decode rate "
           f"{before['decode_tok_s']:.1f} / {after['decode_tok_s']:.1f} tok/s")
-    print(f"\n| workers | jobs | completion tokens | wall s | tokens/s | / single stream |")
+    print("\n| workers | jobs | completion tokens | wall s | tokens/s | / single stream |")
     print("| --- | --- | --- | --- | --- | --- |")
     for lv in levels:
         print(f"| {lv['workers']} | {lv['jobs']} | {lv['tokens']} | {lv['wall_s']:.1f} | "
