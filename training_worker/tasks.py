@@ -47,8 +47,8 @@ def train(job_id: str) -> str:
                 TrainConfig(backbone=settings.router_backbone, seed=spec.get("seed", 0), device=settings.device),
                 cache=rt.score_cache(),
                 extra_config={"student_id": student_id, "alpha": spec.get("alpha", 0.4), "job_id": job_id})
-        except ValueError as exc:
-            store.set_state(job_id, "failed", error=f"router training: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one item: the job fails with the reason, never hangs
+            store.set_state(job_id, "failed", error=f"router training: {type(exc).__name__}: {exc}")
             return "failed"
         metrics["calibration_stats"] = {
             name: dict(zip(teachers, np.nan_to_num(method.mean_per_teacher(mats[name]), nan=0.0).tolist()))
@@ -107,8 +107,8 @@ def route(job_id: str) -> str:
     prompts = store.prompts(job_id, store.unserved_prompt_ids(job_id))
     try:
         teachers = _assign(job_id, prompts) if prompts else []
-    except ValueError as exc:
-        store.set_state(job_id, "failed", error=f"routing: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one item: the job fails with the reason, never hangs
+        store.set_state(job_id, "failed", error=f"routing: {type(exc).__name__}: {exc}")
         return "failed"
     for p, t in zip(prompts, teachers):
         store.put_result(job_id, "assign", p["id"], {"teacher": t})
