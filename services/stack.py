@@ -97,6 +97,9 @@ class LocalStack:
         return self._exit.enter_context(open(log_dir / f"{name}.log", "ab"))
 
     def start(self) -> "LocalStack":
+        with socket.socket() as probe:
+            if probe.connect_ex((self.host, self.port)) == 0:
+                raise RuntimeError(f"{self.host}:{self.port} is already in use; pick another port (--port)")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         redis_proc = ensure_redis(self.redis_url)
         if redis_proc is not None:
