@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -98,6 +99,17 @@ def load_teacher_pool(path: str | Path) -> list[Teacher]:
     if dupes:
         raise FormatError(f"{path}: duplicate teacher name(s) {', '.join(dupes)}")
     return teachers
+
+
+def teacher_pool_cached(path: str | Path) -> list[Teacher]:
+    """The pool, re-read only when the file changes (jobs and workers consult it per task)."""
+    path = Path(path)
+    return _teacher_pool_at(str(path), path.stat().st_mtime_ns if path.exists() else -1)
+
+
+@lru_cache(maxsize=8)
+def _teacher_pool_at(path: str, mtime_ns: int) -> list[Teacher]:
+    return load_teacher_pool(path)
 
 
 def dump_teacher_pool(teachers: Iterable[Teacher], path: str | Path) -> Path:

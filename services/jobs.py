@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from .formats import teacher_pool_cached
 from .jobstore import JobStore
 from .settings import Settings
 
@@ -101,11 +102,9 @@ def _start(store: JobStore, settings: Settings, job_id: str, stage: str, items: 
 
 
 def job_teachers(store: JobStore, settings: Settings, job_id: str) -> list:
-    from .formats import load_teacher_pool
-
     if settings.teacher_pool is None:
         raise ValueError("no teacher pool configured (PERSYN_TEACHER_POOL)")
-    pool = load_teacher_pool(settings.teacher_pool)
+    pool = teacher_pool_cached(settings.teacher_pool)
     names = store.job_record(job_id)["spec"].get("teachers")
     return [t for t in pool if not names or t.name in names]
 
@@ -167,9 +166,7 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
     costs = {}
     settings = settings or Settings.from_env()
     if settings.teacher_pool is not None and settings.teacher_pool.exists():
-        from .formats import load_teacher_pool
-
-        costs = {t.name: t.cost_per_1m_output for t in load_teacher_pool(settings.teacher_pool)}
+        costs = {t.name: t.cost_per_1m_output for t in teacher_pool_cached(settings.teacher_pool)}
     usage = {t: {**u, "cost": round(u.get("completion_tokens", 0) * costs.get(t, 0.0) / 1e6, 6)}
              for t, u in store.usage(job_id).items()}
     return {

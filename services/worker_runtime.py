@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .cache import ScoreCache
-from .formats import Teacher, load_teacher_pool
+from .formats import Teacher, teacher_pool_cached
 from .jobstore import JobStore
 from .openai_client import OpenAICompatClient
 from .settings import Settings
@@ -35,12 +35,7 @@ def teachers() -> dict[str, Teacher]:
     pool = settings().teacher_pool
     if pool is None:
         raise ValueError("no teacher pool configured (PERSYN_TEACHER_POOL)")
-    return _pool(str(pool), pool.stat().st_mtime)
-
-
-@lru_cache(maxsize=4)
-def _pool(path: str, mtime: float) -> dict[str, Teacher]:
-    return {t.name: t for t in load_teacher_pool(path)}
+    return {t.name: t for t in teacher_pool_cached(pool)}
 
 
 @lru_cache(maxsize=64)
