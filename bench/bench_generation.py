@@ -15,10 +15,10 @@ import argparse
 import dataclasses
 import time
 
-from services.demo_pool import DemoPool
-from services.generation import build_messages, generate_many
-from services.openai_client import OpenAICompatClient
-from services.problems import make_problems
+from services.clients.openai_compat import OpenAICompatClient
+from services.demo.pool import DemoPool
+from services.demo.problems import make_problems
+from services.synthesis.teachers import build_messages, generate_many
 
 
 def single_stream(client: OpenAICompatClient, teacher, prompts: list[str]) -> dict:

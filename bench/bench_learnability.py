@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.learnability import LearnabilityScorer, pack_batches  # noqa: E402
+from services.scoring.learnability import LearnabilityScorer, pack_batches  # noqa: E402
 
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k_test.jsonl"
 

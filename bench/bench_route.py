@@ -33,7 +33,7 @@ DATA = ROOT.parent / "shared" / "data" / "arena_parallel.jsonl"
 TARGETS = {
     # name: (uvicorn factory, route path, health path)
     "gateway": ("router_api.app:create_app", "/v1/route", "/healthz"),
-    "router-server": ("services.router_server:create_app", "/route", "/healthz"),
+    "router-server": ("services.routing.server:create_app", "/route", "/healthz"),
 }
 LEVELS = (1, 8, 32)
 STUDENT = "bench-student"
@@ -41,7 +41,7 @@ STUDENT = "bench-student"
 
 def train_tiny_router(directory: Path) -> Path:
     """Maths prompts -> 'mathy', poems -> 'poet', 'middle' in between (the tests' toy router)."""
-    from services.router_training import TrainConfig, train_router
+    from services.routing.training import TrainConfig, train_router
 
     maths = [f"What is {a} plus {b}? Show the sum." for a, b in zip(range(3, 18), range(40, 55))]
     poems = [f"Write a short poem about the {w}." for w in
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args(argv)
 
-    from services.jobstore import JobStore
+    from services.jobs.store import JobStore
 
     prefix = f"bench-route-{uuid.uuid4().hex[:8]}"
     store = JobStore.from_url(args.redis_url, prefix)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             store.add_router_version(STUDENT, "v1", str(directory), {}, activate=True)
             from transformers import AutoTokenizer
 
-            from services.models import resolve_model
+            from services.core.models import resolve_model
 
             tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
             lengths = [min(512, len(ids)) for ids in tok(prompts)["input_ids"]]

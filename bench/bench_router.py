@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from services import method
-from services.cache import ScoreCache
-from services.evaluate import format_table, holdout_comparison, plot_router_quality
-from services.formats import load_parallel, teachers_of
-from services.rewards import quality_matrix
+from services.core.cache import ScoreCache
+from services.method.formats import load_parallel, teachers_of
+from services.method.rewards import combine
+from services.reports.plots import plot_router_quality
+from services.reports.tables import format_table
+from services.routing.evaluation import holdout_comparison
+from services.scoring.matrices import quality_matrix
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arena_parallel.jsonl"
 
@@ -36,7 +38,7 @@ def main() -> int:
         return 2
     records = load_parallel(args.data)
     teachers = teachers_of(records)
-    scores = method.combine(quality_matrix(records, teachers), None, alpha=0.0)
+    scores = combine(quality_matrix(records, teachers), None, alpha=0.0)
     cache = ScoreCache(Path("bench/out/cache.sqlite"))
     prompts = [r.prompt for r in records]
 

@@ -9,7 +9,7 @@
 #   persyn-entrypoint CMD [ARGS...]      anything else is exec'd as is (e.g. `persyn train-router ...`)
 #
 # Extra arguments after the role are passed to the program. Service settings come from the environment
-# (services/settings.py ENV_VARS). The variables below are read only by this script; tests/test_deploy.py
+# (services/core/settings.py ENV_VARS). The variables below are read only by this script; tests/test_deploy.py
 # parses this list, so add new entrypoint-only variables here and nowhere else.
 ENTRYPOINT_ENV_VARS="PERSYN_WORKER_CONCURRENCY PERSYN_LOG_LEVEL"
 #   PERSYN_WORKER_CONCURRENCY  Celery worker processes (default: generation 8, scoring 1, training 1)
@@ -42,7 +42,7 @@ healthcheck() {
         flower) http_ok http://127.0.0.1:5555/healthcheck ;;
         generation-worker|scoring-worker|training-worker)
             queue=${role%-worker}
-            exec celery -A services.celery_app inspect ping -d "$queue@$(hostname_)" --timeout 10 >/dev/null ;;
+            exec celery -A services.jobs.celery_app inspect ping -d "$queue@$(hostname_)" --timeout 10 >/dev/null ;;
         *) exit 0 ;;  # a one-off command: nothing to check
     esac
 }
@@ -69,11 +69,11 @@ case "$role" in
             *) default_concurrency=1 ;;           # one model per process (GPU/CPU-bound)
         esac
         # -n QUEUE@%h: `healthcheck` pings exactly this node name.
-        exec celery -A services.celery_app worker -Q "$queue" -n "$queue@%h" \
+        exec celery -A services.jobs.celery_app worker -Q "$queue" -n "$queue@%h" \
             -c "${PERSYN_WORKER_CONCURRENCY:-$default_concurrency}" \
             --without-gossip --without-mingle -l "$LOG_LEVEL" "$@" ;;
     flower)
-        exec celery -A services.celery_app flower --address=0.0.0.0 --port=5555 "$@" ;;
+        exec celery -A services.jobs.celery_app flower --address=0.0.0.0 --port=5555 "$@" ;;
     healthcheck)
         healthcheck "$@" ;;
     *)

@@ -8,11 +8,11 @@ from dataclasses import asdict
 import httpx
 from celery.signals import worker_ready
 
-from services import worker_runtime as rt
-from services.celery_app import app
-from services.generation import answer, check_teachers
-from services.jobs import GENERATE_TASK, GENERATE_THEN_SELECT, item_key
-from services.openai_client import OpenAICompatError
+from services.clients.openai_compat import OpenAICompatError
+from services.jobs import runtime as rt
+from services.jobs.celery_app import app
+from services.jobs.stages import GENERATE_TASK, GENERATE_THEN_SELECT, item_key
+from services.synthesis.teachers import answer, check_teachers
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 import services
-from services.formats import load_teacher_pool
-from services.jobstore import JobStore, NotFound
-from services.router_client import router_client_from_settings
-from services.router_service import NoActiveRouter, RouterServiceError
-from services.settings import Settings
+from services.core.settings import Settings
+from services.jobs.store import JobStore, NotFound
+from services.method.formats import load_teacher_pool
+from services.routing.client import router_client_from_settings
+from services.routing.service import NoActiveRouter, RouterServiceError
 
 from .deps import require_api_key
 from .metrics import GatewayMetrics

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.formats import Teacher
-from services.jobstore import JobStore
-from services.settings import Settings
+from services.core.settings import Settings
+from services.jobs.store import JobStore
+from services.method.formats import Teacher
+from services.routing.client import RouterClient
 
 from .metrics import GatewayMetrics
 from .protocol import ID_PATTERN
@@ -32,7 +33,7 @@ def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
-def get_router_client(request: Request):
+def get_router_client(request: Request) -> RouterClient:
     return request.app.state.router_client
 
 
@@ -40,7 +41,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 TeachersDep = Annotated[list[Teacher], Depends(get_teachers)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
-RouterClientDep = Annotated[object, Depends(get_router_client)]
+RouterClientDep = Annotated[RouterClient, Depends(get_router_client)]
 IdPath = Annotated[str, Path(pattern=ID_PATTERN)]  # a student or job id
 
 _bearer = HTTPBearer(auto_error=False, description="One of the keys in PERSYN_API_KEYS")

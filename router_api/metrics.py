@@ -12,7 +12,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from services.jobstore import JOB_STATES, JobStore, NotFound
+from services.jobs.store import JOB_STATES, JobStore, NotFound
 
 log = logging.getLogger(__name__)
 

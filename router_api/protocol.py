@@ -6,11 +6,11 @@ from typing import Annotated, Literal, Sequence
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
-from services.export import FORMATS
-from services.jobs import JOB_KINDS
-from services.jobstore import JOB_STATES
-from services.settings import DEFAULT_ALPHA, DEFAULT_CALIBRATION_SIZE
-from services.strategies import STRATEGIES
+from services.core.settings import DEFAULT_ALPHA, DEFAULT_CALIBRATION_SIZE
+from services.jobs.stages import JOB_KINDS
+from services.jobs.store import JOB_STATES
+from services.method.export import FORMATS
+from services.method.strategies import STRATEGIES
 
 #: Student and job ids become parts of Redis keys: a slug, so none can reach another key (no ':').
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from services import method
-from services import worker_runtime as rt
-from services.formats import ParallelRecord
-from services.rewards import learnability_matrix, scas_cost_matrix
-from services.celery_app import app
-from services.jobs import SCORE_TASK, item_key, job_teachers
-from services.quality import math_verify_reward
+from services.jobs import runtime as rt
+from services.jobs.celery_app import app
+from services.jobs.stages import SCORE_TASK, item_key, job_teachers
+from services.method.formats import ParallelRecord
+from services.method.rewards import combine
+from services.scoring.matrices import learnability_matrix, scas_cost_matrix
+from services.scoring.quality import math_verify_reward
 
 
 def _quality(prompt: dict, texts: list[str]) -> list[float]:
@@ -46,7 +46,7 @@ def compute_scores(job_id: str, stage: str, prompt_id: str) -> dict | None:
     if alpha > 0:
         learn = learnability_matrix(record, names, student["model"], cache=rt.score_cache(),
                                     scorer=rt.learnability_scorer(student))[0].tolist()
-    combined = method.combine(None if quality is None else np.array([quality]),
+    combined = combine(None if quality is None else np.array([quality]),
                               None if learn is None else np.array([learn]), alpha)[0]
     scores = {"teachers": names, "quality": quality, "learnability": learn, "combined": combined.tolist()}
     if spec.get("strategy") == "scas" and stage == "select":

@@ -27,6 +27,6 @@ def arena_path() -> Path:
 
 @pytest.fixture(scope="session")
 def score_cache(tmp_path_factory):
-    from services.cache import ScoreCache
+    from services.core.cache import ScoreCache
 
     return ScoreCache(tmp_path_factory.mktemp("cache") / "scores.sqlite")

@@ -113,7 +113,7 @@ class FakeVLLM:
             if self._lm is None:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                from services.models import resolve_model
+                from services.core.models import resolve_model
 
                 path = resolve_model(MODEL_REF)
                 tok = AutoTokenizer.from_pretrained(path)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from functools import lru_cache
 
 import numpy as np
 
-from services import method
-from services import worker_runtime as rt
-from services.celery_app import app
-from services.jobs import ROUTE_TASK, TRAIN_TASK, job_teachers
-from services.router_training import TrainConfig, train_router
-from services.strategies import StrategyInputs, select
+from services.jobs import runtime as rt
+from services.jobs.celery_app import app
+from services.jobs.stages import ROUTE_TASK, TRAIN_TASK, job_teachers
+from services.method.rewards import mean_per_teacher
+from services.method.strategies import StrategyInputs, select
+from services.routing.model import Router
+from services.routing.training import TrainConfig, train_router
 
 
 def _calibration_matrices(job_id: str, teachers: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -28,6 +30,12 @@ def _calibration_matrices(job_id: str, teachers: list[str]) -> tuple[list[str], 
             for t, v in zip(s["teachers"], s[name]):
                 matrix[i, teachers.index(t)] = v
     return [p["prompt"] for p in store.prompts(job_id, ids)], mats
+
+
+@lru_cache(maxsize=4)
+def _router(path: str) -> Router:
+    """Routers stay loaded for the life of the worker process (a version's artifact never changes)."""
+    return Router.load(path, device=rt.settings().device)
 
 
 @app.task(name=TRAIN_TASK)
@@ -51,7 +59,7 @@ def train(job_id: str) -> str:
             store.set_state(job_id, "failed", error=f"router training: {type(exc).__name__}: {exc}")
             return "failed"
         metrics["calibration_stats"] = {
-            name: dict(zip(teachers, np.nan_to_num(method.mean_per_teacher(mats[name]), nan=0.0).tolist()))
+            name: dict(zip(teachers, np.nan_to_num(mean_per_teacher(mats[name]), nan=0.0).tolist()))
             for name in ("quality", "learnability") if np.isfinite(mats[name]).any()}
         final = settings.router_dir / student_id / version
         staging = final.with_name(final.name + ".partial")
@@ -79,7 +87,7 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
         version, path = active
         stats = next(v for v in student["versions"] if v["version"] == version)["metrics"].get("calibration_stats", {})
         if strategy == "persyn":
-            router = rt.router(path)
+            router = _router(path)
             missing = [t for t in names if t not in router.teachers]
             if missing:
                 raise ValueError(f"router {version} does not know teacher(s) {', '.join(missing)}")

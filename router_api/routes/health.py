@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import httpx
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import MetricsDep, SettingsDep, StoreDep
+from ..deps import MetricsDep, RouterClientDep, StoreDep
 from ..protocol import Health, Readiness
 
 router = APIRouter(tags=["health"])
-
-#: How long /readyz waits for the remote router service.
-PROBE_TIMEOUT_S = 2.0
-
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
 def healthz() -> Health:
@@ -24,16 +19,9 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, summary="Readiness: Redis and the router service answer",
             responses={503: {"model": Readiness, "description": "a dependency is down"}})
-async def readyz(settings: SettingsDep, store: StoreDep):
-    checks = {"redis": "ok" if await run_in_threadpool(store.ping) else "no answer to PING"}
-    if settings.router_service_url:
-        url = settings.router_service_url.rstrip("/") + "/healthz"
-        try:
-            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
-                reply = await http.get(url)
-            checks["router_service"] = "ok" if reply.is_success else f"{url} answered {reply.status_code}"
-        except httpx.HTTPError as exc:
-            checks["router_service"] = f"{url} unreachable: {exc!r}"
+async def readyz(store: StoreDep, router_client: RouterClientDep):
+    checks = {"redis": "ok" if await run_in_threadpool(store.ping) else "no answer to PING",
+              "router_service": await router_client.readiness()}
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(Readiness(status="ready" if ready else "not ready", checks=checks).model_dump(),
                         status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)

@@ -10,11 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from services import jobs
-from services.export import to_alpaca, to_sharegpt
-from services.formats import Teacher
-from services.jobstore import JobStore
-from services.settings import Settings
+from services.core.settings import Settings
+from services.jobs import stages as jobs
+from services.jobs.store import JobStore
+from services.method.export import to_alpaca, to_sharegpt
+from services.method.formats import Teacher
 
 from ..deps import IdPath, SettingsDep, StoreDep, TeachersDep
 from ..protocol import DatasetFormat, ErrorResponse, JobCreate, JobDescription, JobSpec, PromptIn, assign_ids

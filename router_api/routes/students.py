@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from ..deps import SettingsDep, StoreDep, IdPath
+from ..deps import IdPath, SettingsDep, StoreDep
 from ..protocol import ActivateRequest, ErrorResponse, Student, StudentCreate
 
 router = APIRouter(prefix="/students", tags=["students"])

@@ -1,0 +1,1 @@
+"""The ``persyn`` command: one module per group of subcommands, each a thin call into the library."""

@@ -1,0 +1,159 @@
+"""Selection strategies: which teacher's answer each prompt gets (PerSyn and baselines).
+
+Each rule takes precomputed matrices (see :mod:`services.scoring.matrices`) and returns one
+teacher index per prompt, or -1 where no teacher can serve it. Strategies that pick
+one teacher for the whole set (strong, family_strong, car) report which in ``detail``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from services.method.formats import ParallelRecord
+from services.method.rewards import mean_per_teacher, nan_argmax
+
+STRATEGIES = ("persyn", "oracle", "strong", "family_strong", "mix", "car", "random", "scas")
+
+
+@dataclass
+class StrategyInputs:
+    """What the strategies may need; each uses only its own fields."""
+
+    teachers: list[str]
+    available: np.ndarray  # [n_prompts, n_teachers] bool: teacher has a response
+    quality: np.ndarray | None = None  # raw r_q
+    learnability: np.ndarray | None = None  # raw r_l (mean log-prob per token)
+    scores: np.ndarray | None = None  # combined, normalised r
+    strengths: np.ndarray | None = None  # router pi(x), for persyn
+    scas_costs: np.ndarray | None = None
+    families: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, float] = field(default_factory=dict)
+    student_family: str | None = None
+    strong_teacher: str | None = None  # overrides "highest mean quality"
+    car_beta: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class Selection:
+    strategy: str
+    choice: np.ndarray  # teacher index per prompt, -1 = none
+    detail: dict
+
+
+def _need(inputs: StrategyInputs, name: str, strategy: str) -> np.ndarray:
+    value = getattr(inputs, name)
+    if value is None:
+        raise ValueError(f"strategy {strategy!r} needs {name.replace('_', ' ')}")
+    return value
+
+
+def _teacher_index(inputs: StrategyInputs, name: str) -> int:
+    if name not in inputs.teachers:
+        raise ValueError(f"unknown teacher {name!r}; known: {', '.join(inputs.teachers)}")
+    return inputs.teachers.index(name)
+
+
+def _strongest(inputs: StrategyInputs, strategy: str, among: Sequence[int] | None = None) -> int:
+    if inputs.strong_teacher and among is None:
+        return _teacher_index(inputs, inputs.strong_teacher)
+    means = mean_per_teacher(_need(inputs, "quality", strategy))
+    if among is not None:
+        means = np.where(np.isin(np.arange(len(means)), among), means, np.nan)
+    best = nan_argmax(means[None])[0]
+    if best < 0:
+        raise ValueError(f"strategy {strategy!r}: no teacher has a quality score")
+    return int(best)
+
+
+def _single(inputs: StrategyInputs, idx: int) -> np.ndarray:
+    return np.where(inputs.available[:, idx], idx, -1)
+
+
+def _masked_argmax(values: np.ndarray, available: np.ndarray) -> np.ndarray:
+    return nan_argmax(np.where(available, values, np.nan))
+
+
+def select(strategy: str, inputs: StrategyInputs) -> Selection:
+    """Apply one strategy; raises ValueError for an unknown strategy or missing inputs."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    avail = inputs.available
+    rng = np.random.default_rng(inputs.seed)
+    detail: dict = {}
+    if strategy == "persyn":
+        choice = _masked_argmax(_need(inputs, "strengths", strategy), avail)
+    elif strategy == "oracle":
+        choice = _masked_argmax(_need(inputs, "scores", strategy), avail)
+    elif strategy == "strong":
+        idx = _strongest(inputs, strategy)
+        choice, detail["teacher"] = _single(inputs, idx), inputs.teachers[idx]
+    elif strategy == "family_strong":
+        if not inputs.student_family:
+            raise ValueError("strategy 'family_strong' needs the student's family")
+        members = [i for i, t in enumerate(inputs.teachers) if inputs.families.get(t) == inputs.student_family]
+        if not members:
+            raise ValueError(f"no teacher of family {inputs.student_family!r} in the pool")
+        idx = _strongest(inputs, strategy, among=members)
+        choice, detail["teacher"] = _single(inputs, idx), inputs.teachers[idx]
+    elif strategy == "car":
+        quality = _need(inputs, "quality", strategy)
+        nll = -_need(inputs, "learnability", strategy)
+        car = car_scores(mean_per_teacher(quality), mean_per_teacher(nll), inputs.car_beta)
+        idx = int(nan_argmax(car[None])[0])
+        choice = _single(inputs, idx)
+        detail.update(teacher=inputs.teachers[idx], car={t: float(c) for t, c in zip(inputs.teachers, car)})
+    elif strategy == "mix":
+        strong = _strongest(inputs, strategy)
+        weak = _weak_teacher(inputs, strong)
+        pick = np.where(rng.random(len(avail)) < 0.5, strong, weak)
+        choice = np.where(avail[np.arange(len(avail)), pick], pick, -1)
+        detail.update(strong=inputs.teachers[strong], weak=inputs.teachers[weak])
+    elif strategy == "random":
+        noise = np.where(avail, rng.random(avail.shape), np.nan)
+        choice = nan_argmax(noise)
+    else:  # scas: lowest learning cost
+        costs = _need(inputs, "scas_costs", strategy)
+        choice = _masked_argmax(-costs, avail)
+    detail["unserved"] = int((choice < 0).sum())
+    return Selection(strategy, choice.astype(np.int64), detail)
+
+
+def _weak_teacher(inputs: StrategyInputs, strong: int) -> int:
+    """Mix's weak side: the smallest teacher when sizes are known, else the lowest mean quality."""
+    others = [i for i in range(len(inputs.teachers)) if i != strong]
+    if not others:
+        raise ValueError("strategy 'mix' needs at least two teachers")
+    sized = [i for i in others if inputs.sizes.get(inputs.teachers[i])]
+    if sized:
+        return min(sized, key=lambda i: inputs.sizes[inputs.teachers[i]])
+    means = mean_per_teacher(_need(inputs, "quality", "mix"))
+    return min(others, key=lambda i: (np.nan_to_num(means[i], nan=np.inf), i))
+
+
+def available_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str]) -> np.ndarray:
+    return np.array([[t in rec.responses for t in teachers] for rec in records], dtype=bool)
+
+
+def dataset_rows(records: Sequence[ParallelRecord], teachers: Sequence[str], selection: Selection) -> list[dict]:
+    """One row per served prompt: id, prompt, the chosen teacher and its response."""
+    rows = []
+    for rec, idx in zip(records, selection.choice):
+        if idx < 0:
+            continue
+        teacher = teachers[idx]
+        rows.append({"id": rec.id, "prompt": rec.prompt, "response": rec.responses[teacher], "teacher": teacher})
+    return rows
+
+
+def car_scores(mean_quality: np.ndarray, mean_nll: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """Compatibility-adjusted reward per teacher: quality / (1 + beta * student NLL)."""
+    return np.asarray(mean_quality) / (1.0 + beta * np.asarray(mean_nll))
+
+
+def scas_cost(d_a: float, d_q: float, aa: float, aq: float, lam: float = 0.5) -> float:
+    """SCAS learning cost S = (1 - lam) * d_A^2 * AA + lam * d_A * d_Q * AQ (lower is easier)."""
+    return (1.0 - lam) * d_a * d_a * aa + lam * d_a * d_q * aq

@@ -1,0 +1,1 @@
+"""Tables and PNG figures of teacher allocation and router quality for the CLI, pipeline and benchmarks."""

@@ -1,0 +1,60 @@
+"""PNG figures (teacher allocation, router quality) for people who would rather look than read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_allocation(counts: dict[str, int], path: str | Path, *, title: str = "Teacher allocation") -> Path:
+    """Horizontal bar chart of the share of prompts routed to each teacher."""
+    plt = _pyplot()
+    items = sorted(counts.items(), key=lambda kv: kv[1])
+    total = sum(counts.values()) or 1
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.2))
+    ax.barh([t for t, _ in items], [100 * n / total for _, n in items], color="#3b6ea8")
+    for i, (_, n) in enumerate(items):
+        ax.text(100 * n / total, i, f" {n}", va="center", fontsize=8)
+    ax.set_xlabel("% of prompts")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_router_quality(table: dict[str, dict[str, float]], path: str | Path,
+                        *, title: str = "Router quality on held-out prompts") -> Path:
+    """Grouped bars of Hit@k per router."""
+    plt = _pyplot()
+    names = list(table)
+    metrics = list(next(iter(table.values())))
+    x = np.arange(len(names))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
+    for j, metric in enumerate(metrics):
+        values = [table[n][metric] for n in names]
+        bars = ax.bar(x + j * width, values, width, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x + width * (len(metrics) - 1) / 2, names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)

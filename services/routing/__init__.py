@@ -1,0 +1,1 @@
+"""The Bradley-Terry router: the model, its training and evaluation, and serving it (LRU, batching, HTTP)."""

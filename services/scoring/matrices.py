@@ -1,0 +1,104 @@
+"""Reward matrices over parallel responses, with every score cached on disk.
+
+Each function returns ``[n_prompts, n_teachers]`` with ``NaN`` where a teacher has no
+response (or no usable score) for a prompt. Cache keys hold everything a score
+depends on: the scorer, the teacher, the prompt and the response.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from services.core.cache import ScoreCache, cache_key, cached_compute
+from services.method.formats import ParallelRecord
+from services.method.strategies import scas_cost
+
+#: Quality sources: scores in the file, math-verify against the reference, or a reward model.
+QUALITY_FILE = "file"
+QUALITY_MATH_VERIFY = "math-verify"
+
+
+def _cells(records: Sequence[ParallelRecord], teachers: Sequence[str]) -> list[tuple[int, int, str, str]]:
+    """(row, column, prompt, response) for every teacher response present."""
+    return [(i, j, rec.prompt, rec.responses[t])
+            for i, rec in enumerate(records) for j, t in enumerate(teachers) if t in rec.responses]
+
+
+def _fill(records, teachers, cells, values) -> np.ndarray:
+    out = np.full((len(records), len(teachers)), np.nan)
+    for (i, j, _, _), v in zip(cells, values):
+        out[i, j] = v
+    return out
+
+
+def _cached_matrix(records, teachers, scorer_id: str, score_items: Callable, cache: ScoreCache | None):
+    cells = _cells(records, teachers)
+    keys = [cache_key(scorer_id, teachers[j], prompt, response) for _, j, prompt, response in cells]
+    values = cached_compute(cache, keys, lambda idx: score_items([cells[k][2:] for k in idx]))
+    return _fill(records, teachers, cells, values)
+
+
+def quality_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], source: str = QUALITY_FILE,
+                   *, cache: ScoreCache | None = None, progress: bool = False) -> np.ndarray:
+    """r_q per response: from the file, from math-verify, or from a local reward model."""
+    if source == QUALITY_FILE:
+        missing = [rec.id for rec in records if rec.quality is None]
+        if missing:
+            raise ValueError(f"--quality file needs a 'quality' object on every line; missing for id {missing[0]!r}")
+        out = np.full((len(records), len(teachers)), np.nan)
+        for i, rec in enumerate(records):
+            for j, t in enumerate(teachers):
+                v = rec.quality.get(t)
+                out[i, j] = np.nan if v is None or t not in rec.responses else v
+        return out
+    if source == QUALITY_MATH_VERIFY:
+        from services.scoring.quality import math_verify_reward
+
+        missing = [rec.id for rec in records if rec.reference is None]
+        if missing:
+            raise ValueError(f"math-verify quality needs a 'reference' on every line; missing for id {missing[0]!r}")
+        cells = _cells(records, teachers)
+        return _fill(records, teachers, cells,
+                     [math_verify_reward(resp, records[i].reference) for i, _, _, resp in cells])
+    from services.scoring.scorers import reward_scorer
+
+    scorer = reward_scorer(source)
+    return _cached_matrix(records, teachers, f"quality:rm:{source}",
+                          lambda items: scorer.score(items, progress=progress), cache)
+
+
+def learnability_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
+                        cache: ScoreCache | None = None, progress: bool = False, scorer=None) -> np.ndarray:
+    """r_l per response: the student's mean log-probability per response token."""
+    for rec in records:
+        empty = [t for t in teachers if t in rec.responses and not rec.responses[t].strip()]
+        if empty:
+            raise ValueError(f"prompt {rec.id!r}: teacher {empty[0]!r} has an empty response; "
+                             "learnability needs at least one response token")
+    def score(items):
+        nonlocal scorer
+        if scorer is None:  # load the student only when something is not cached
+            from services.scoring.scorers import learnability_scorer
+
+            scorer = learnability_scorer(student)
+        return scorer.score(items, progress=progress)
+
+    return _cached_matrix(records, teachers, f"learnability:{student}", score, cache)
+
+
+def scas_cost_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
+                     lam: float = 0.5, cache: ScoreCache | None = None, progress: bool = False,
+                     scorer=None) -> np.ndarray:
+    """SCAS learning cost per response (lower = easier for this student to learn)."""
+    def score(items):
+        nonlocal scorer
+        if scorer is None:
+            from services.scoring.scas import SCASScorer
+
+            scorer = SCASScorer(student)
+        return [scas_cost(f.d_a, f.d_q, f.aa, f.aq, lam) for f in scorer.features_many(items, progress=progress)]
+
+    return _cached_matrix(records, teachers, f"scas:{student}:{lam}", score, cache)
+

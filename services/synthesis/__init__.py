@@ -1,0 +1,1 @@
+"""Asking teachers for answers (math rejection sampling included) and the offline Route-then-Generate pipeline."""

@@ -1,0 +1,391 @@
+"""The HTTP gateway against real Redis, a real trained router and (for routing) real uvicorn."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from uuid import uuid4
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+import yaml
+from fastapi.testclient import TestClient
+
+import services.jobs.stages
+from router_api.app import create_app
+from services.core.settings import Settings
+from services.jobs.store import JobStore
+from services.routing.client import HTTPRouterClient
+from services.routing.model import Router
+from services.routing.training import TrainConfig, train_router
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+TEACHERS = ["mathy", "poet", "middle"]
+MATHS = [f"What is {a} plus {b}? Show the sum." for a, b in zip(range(3, 23), range(40, 60))]
+POEMS = [f"Write a short poem about the {w}." for w in
+         ("sea", "moon", "forest", "rain", "winter", "city", "river", "mountain", "desert", "garden", "stars", "snow")]
+QUERIES = ["What is 12 plus 30?", "Write a short poem about the lake.", "What is 7 plus 41? Show the sum.",
+           "Write a short poem about autumn leaves."]
+
+
+class IdleRouterClient:
+    """For apps whose tests never route: nothing to load."""
+
+    async def route(self, student_id, prompts, top_k=3):
+        raise AssertionError("this app does not route")
+
+    async def readiness(self):
+        return "ok"
+
+    async def aclose(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def store():
+    prefix = f"test-gw-{uuid4().hex[:8]}"
+    store = JobStore.from_url(REDIS_URL, prefix)
+    if not store.ping():
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    yield store
+    keys = list(store.r.scan_iter(f"{prefix}:*"))
+    if keys:
+        store.r.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pool") / "pool.yaml"
+    path.write_text(yaml.safe_dump({"teachers": [
+        {"name": name, "family": family, "size_b": size, "base_url": "http://127.0.0.1:9/v1", "model": name,
+         "cost_per_1m_output": 1.5} for name, family, size in
+        (("mathy", "qwen", 7), ("poet", "llama", 8), ("middle", "qwen", 1.5))]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def router_dir(tmp_path_factory):
+    """A tiny real router: 'mathy' wins on sums, 'poet' on poems."""
+    scores = np.array([[1.0, 0.0, 0.5]] * len(MATHS) + [[0.0, 1.0, 0.5]] * len(POEMS))
+    router, metrics = train_router(MATHS + POEMS, TEACHERS, scores, TrainConfig(seed=0))
+    return router.save(tmp_path_factory.mktemp("router") / "v1", metrics=metrics)
+
+
+@pytest.fixture(scope="module")
+def students(store, router_dir):
+    store.register_student("stu-a", "smollm2-135m-instruct", "llama")
+    store.add_router_version("stu-a", "v1", str(router_dir), {"hit@1": 1.0})
+    store.register_student("stu-new", "smollm2-135m-instruct")
+    return "stu-a", "stu-new"
+
+
+@pytest.fixture(scope="module")
+def settings(store, pool_file):
+    return Settings(redis_url=REDIS_URL, key_prefix=store.p, teacher_pool=pool_file, device="cpu",
+                    max_prompts_per_request=4, max_prompt_chars=200, max_job_prompts=5)
+
+
+@pytest.fixture(scope="module")
+def client(settings, store, students):
+    """The gateway with its own in-process router service (made in the lifespan from settings)."""
+    with TestClient(create_app(settings, store=store)) as client:
+        yield client
+
+
+@pytest.fixture
+def enqueued(monkeypatch, pool_file):
+    """No workers consume these tests' queues: record the sends instead of making them."""
+    sent = []
+    monkeypatch.setattr(services.jobs.stages, "enqueue", lambda task, args, queue: sent.append((task, args, queue)))
+    monkeypatch.setenv("PERSYN_TEACHER_POOL", str(pool_file))  # for job-layer code that reads the environment
+    return sent
+
+
+@contextmanager
+def serve(app):
+    """Real uvicorn on a loopback port, in a background thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+# --------------------------------------------------------------------------- routing
+
+def test_routing_over_http_equals_the_library(settings, store, students, router_dir):
+    expected = Router.load(router_dir, device="cpu").route(QUERIES, top_k=2)
+    with serve(create_app(settings, store=store)) as base, httpx.Client(base_url=base, timeout=60) as http:
+        replies = [http.post("/v1/route", json={"student_id": "stu-a", "prompts": QUERIES[:2], "top_k": 2}),
+                   http.post("/v1/route", json={"student_id": "stu-a", "prompts": QUERIES[2:], "top_k": 2})]
+        scrape = http.get("/metrics").text
+        ready = http.get("/readyz")
+    results = []
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["student_id"] == "stu-a" and body["router_version"] == "v1"
+        results += body["results"]
+    assert [r["teacher"] for r in results] == [e.teacher for e in expected] == ["mathy", "poet", "mathy", "poet"]
+    for got, want in zip(results, expected):
+        assert got["top_k"] == want.top_k
+        assert set(got["strengths"]) == set(TEACHERS)
+        np.testing.assert_allclose([got["strengths"][t] for t in TEACHERS], [want.strengths[t] for t in TEACHERS],
+                                   atol=1e-5)
+    assert 'persyn_route_assignments_total{teacher="mathy"} 2.0' in scrape
+    assert "persyn_route_latency_seconds_count 2.0" in scrape
+    assert "persyn_router_batch_size_count" in scrape and "persyn_router_batch_size_count 0.0" not in scrape
+    assert 'persyn_jobs{state="running"}' in scrape and "persyn_task_failures" in scrape
+    assert ready.status_code == 200 and ready.json()["checks"]["redis"] == "ok"
+
+
+def test_routing_through_a_separate_router_server_equals_the_library(settings, store, students, router_dir):
+    from dataclasses import replace
+
+    from services.routing.server import create_app as create_router_server
+
+    expected = Router.load(router_dir, device="cpu").route(QUERIES, top_k=3)
+    with serve(create_router_server(settings)) as router_url:
+        remote = replace(settings, router_service_url=router_url)
+        with serve(create_app(remote, store=store)) as base, httpx.Client(base_url=base, timeout=60) as http:
+            reply = http.post("/v1/route", json={"student_id": "stu-a", "prompts": QUERIES})
+            ready = http.get("/readyz")
+            missing = http.post("/v1/route", json={"student_id": "stu-new", "prompts": QUERIES[:1]})
+    assert reply.status_code == 200, reply.text
+    assert [r["teacher"] for r in reply.json()["results"]] == [e.teacher for e in expected]
+    for got, want in zip(reply.json()["results"], expected):
+        np.testing.assert_allclose([got["strengths"][t] for t in TEACHERS], [want.strengths[t] for t in TEACHERS],
+                                   atol=1e-5)
+    assert ready.status_code == 200 and missing.status_code == 409
+
+
+def test_route_top_k_above_the_pool_returns_the_whole_ranking(client):
+    reply = client.post("/v1/route", json={"student_id": "stu-a", "prompts": ["What is 2 plus 2?"], "top_k": 10})
+    assert reply.status_code == 200, reply.text
+    [result] = reply.json()["results"]
+    assert sorted(result["top_k"]) == sorted(TEACHERS) and result["top_k"][0] == result["teacher"]
+
+
+@pytest.mark.parametrize("body, code, words", [
+    ({"student_id": "nobody", "prompts": ["hi"]}, 404, "unknown student"),
+    ({"student_id": "stu-new", "prompts": ["hi"]}, 409, "calibrate"),
+    ({"student_id": "stu-a", "prompts": []}, 422, ""),
+    ({"student_id": "stu-a", "prompts": ["ok", "   "]}, 422, "blank"),
+    ({"student_id": "stu-a", "prompts": ["hi"], "top_k": 0}, 422, ""),
+    ({"student_id": "stu-a"}, 422, ""),
+    ({"student_id": "stu-a", "prompts": ["hi"] * 5}, 413, "at most 4"),
+    ({"student_id": "stu-a", "prompts": ["x" * 201]}, 413, "at most 200"),
+])
+def test_route_rejects_bad_input(client, body, code, words):
+    reply = client.post("/v1/route", json=body)
+    assert reply.status_code == code, reply.text
+    assert words in json.dumps(reply.json()["detail"])
+
+
+# --------------------------------------------------------------------------- students and teachers
+
+def test_students_register_read_and_activate(client, settings, router_dir):
+    reply = client.post("/v1/students", json={"student_id": "stu-b"})
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["model"] == settings.default_student_model and reply.json()["active_version"] is None
+    assert client.post("/v1/students", json={"student_id": "no spaces"}).status_code == 422
+    assert client.post("/v1/students", json={"student_id": "x" * 65}).status_code == 422
+    assert client.get("/v1/students/unknown").status_code == 404
+    student = client.get("/v1/students/stu-a").json()
+    assert student["active_version"] == "v1" and [v["version"] for v in student["versions"]] == ["v1"]
+    assert client.post("/v1/students/stu-a/activate", json={"version": "v9"}).status_code == 404
+    assert client.post("/v1/students/unknown/activate", json={"version": "v1"}).status_code == 404
+    reply = client.post("/v1/students/stu-a/activate", json={"version": "v1"})
+    assert reply.status_code == 200 and reply.json()["active_version"] == "v1"
+
+
+def test_teachers_list_the_pool_without_secrets(client, store):
+    reply = client.get("/v1/teachers")
+    assert reply.status_code == 200
+    assert [t["name"] for t in reply.json()] == TEACHERS
+    assert set(reply.json()[0]) == {"name", "family", "size_b", "model", "base_url", "long_cot",
+                                    "cost_per_1m_output"}
+    with TestClient(create_app(Settings(key_prefix=store.p), store=store, router_client=IdleRouterClient())) as bare:
+        assert bare.get("/v1/teachers").json() == []
+
+
+# --------------------------------------------------------------------------- jobs
+
+def _job(**overrides):
+    return {"kind": "synthesize", "student_id": "stu-a", "strategy": "random",
+            "prompts": [{"prompt": "What is 1 plus 2?", "reference": 3}, {"prompt": "Write a poem about rain."}],
+            **overrides}
+
+
+def test_job_submit_describe_cancel(client, store, enqueued):
+    reply = client.post("/v1/jobs", json=_job())
+    assert reply.status_code == 202, reply.text
+    job = reply.json()
+    assert job["kind"] == "synthesize" and job["state"] in ("queued", "running")
+    assert job["spec"]["strategy"] == "random" and job["spec"]["alpha"] == 0.4
+    assert store.prompts(job["id"]) == [{"id": "p000001", "prompt": "What is 1 plus 2?", "reference": "3"},
+                                        {"id": "p000002", "prompt": "Write a poem about rain."}]
+    assert enqueued, "the job's first stage was not enqueued"
+    assert client.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+    cancelled = client.delete(f"/v1/jobs/{job['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert client.get("/v1/jobs/nope").status_code == 404
+    assert client.delete("/v1/jobs/nope").status_code == 404
+
+
+def test_calibrate_job_fans_out_over_the_pool(client, enqueued):
+    without_reference = client.post("/v1/jobs", json=_job(kind="calibrate", student_id="stu-new"))
+    assert without_reference.status_code == 422 and "has no reference" in without_reference.text
+    prompts = [{"prompt": "What is 1 plus 2?", "reference": 3}, {"prompt": "What is 2 plus 2?", "reference": 4}]
+    reply = client.post("/v1/jobs", json=_job(kind="calibrate", student_id="stu-new", strategy="persyn",
+                                              calibration_size=2, teachers=["mathy", "poet"], prompts=prompts))
+    assert reply.status_code == 202, reply.text
+    assert reply.json()["stage"] == "calibration.generate" and reply.json()["n_calibration"] == 2
+    assert sorted(args[2:] for _, args, _ in enqueued) == [["p000001", "mathy"], ["p000001", "poet"],
+                                                           ["p000002", "mathy"], ["p000002", "poet"]]
+
+
+def test_ids_that_could_reach_other_redis_keys_are_rejected(client, store):
+    job_id = store.create_job("synthesize", {"student_id": "stu-a"}, [{"id": "x", "prompt": "y"}])
+    for path in (f"/v1/jobs/{job_id}:order", f"/v1/jobs/{job_id}:order/dataset", "/v1/students/stu-a:versions"):
+        assert client.get(path).status_code == 422, path
+    assert client.post("/v1/route", json={"student_id": "stu-a:versions", "prompts": ["hi"]}).status_code == 422
+
+
+@pytest.mark.parametrize("overrides, code, words", [
+    ({"alpha": 2}, 422, "less than or equal to 1"),
+    ({"prompts": [{"prompt": "x", "reference": True}]}, 422, "reference"),
+    ({"kind": "distil"}, 422, "calibrate"),
+    ({"strategy": "best"}, 422, "persyn"),
+    ({"calibration_size": 1}, 422, ""),
+    ({"max_tokens": 0}, 422, ""),
+    ({"temperature": 0.7}, 422, "Extra inputs"),
+    ({"teachers": ["mathy", "gpt-9"]}, 422, "gpt-9"),
+    ({"teachers": ["mathy"], "strong_teacher": "poet"}, 422, "strong_teacher"),
+    ({"strong_teacher": "gpt-9"}, 422, "strong_teacher"),
+    ({"student_id": "nobody"}, 404, "unknown student"),
+    ({"student_id": "stu-new", "strategy": "persyn"}, 409, "calibrate job"),
+    ({"student_id": "stu-new", "strategy": "car"}, 409, "calibrate job"),
+    ({"prompts": []}, 422, ""),
+    ({"prompts": [{"prompt": " "}]}, 422, "blank"),
+    ({"prompts": [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}]}, 422, "duplicate prompt id"),
+    ({"prompts": [{"prompt": f"q{i}"} for i in range(6)]}, 413, "at most 5"),
+    ({"prompts": [{"prompt": "x" * 201}]}, 413, "at most 200"),
+])
+def test_job_submit_rejects_bad_input(client, enqueued, overrides, code, words):
+    reply = client.post("/v1/jobs", json=_job(**overrides))
+    assert reply.status_code == code, reply.text
+    assert words in json.dumps(reply.json()["detail"])
+    assert not enqueued
+
+
+def _upload(client, spec: dict, lines: list[str]):
+    return client.post("/v1/jobs/upload", data={"spec": json.dumps(spec)},
+                       files={"file": ("prompts.jsonl", "\n".join(lines).encode(), "application/x-ndjson")})
+
+
+def test_job_upload(client, store, enqueued):
+    spec = {k: v for k, v in _job().items() if k != "prompts"}
+    good = [json.dumps({"id": 7, "prompt": "What is 2 plus 2?", "reference": "4"}), "",
+            json.dumps({"id": "b", "prompt": "A poem about snow."})]
+    reply = _upload(client, spec, good)
+    assert reply.status_code == 202, reply.text
+    assert store.prompt_ids(reply.json()["id"]) == ["7", "b"]
+
+    bad_line = _upload(client, spec, good[:1] + ["", '{"prompt": "unterminated'])
+    assert bad_line.status_code == 422 and "line 3" in bad_line.json()["detail"]
+    no_prompt = _upload(client, spec, good[:1] + [json.dumps({"id": "c"})])
+    assert no_prompt.status_code == 422 and "line 2" in no_prompt.json()["detail"]
+    repeated = _upload(client, spec, good + [json.dumps({"id": "b", "prompt": "again"})])
+    assert repeated.status_code == 422 and "line 4" in repeated.json()["detail"]
+    too_many = _upload(client, spec, [json.dumps({"prompt": f"q{i}"}) for i in range(6)])
+    assert too_many.status_code == 413
+    bad_spec = _upload(client, {**spec, "alpha": 2}, good)
+    assert bad_spec.status_code == 422 and bad_spec.json()["detail"][0]["loc"] == ["body", "spec", "alpha"]
+    assert _upload(client, {**spec, "prompts": []}, good).status_code == 422
+    not_json = client.post("/v1/jobs/upload", data={"spec": "{"}, files={"file": ("p.jsonl", b"{}")})
+    assert not_json.status_code == 422
+    assert len(enqueued) == 1
+
+
+def test_dataset_streams_in_every_format(client, store):
+    job_id = store.create_job("synthesize", {"student_id": "stu-a"},
+                              [{"id": f"q{i}", "prompt": f"Question {i}?"} for i in range(3)])
+    rows = [{"id": "q0", "prompt": "Question 0?", "response": "Answer ü 0", "teacher": "mathy"},
+            {"id": "q2", "prompt": "Question 2?", "response": "Answer 2", "teacher": "poet"}]
+    for row in rows:
+        store.put_row(job_id, row)
+
+    reply = client.get(f"/v1/jobs/{job_id}/dataset")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("application/x-ndjson")
+    assert reply.headers["x-persyn-job-state"] == "queued"
+    assert reply.headers["content-disposition"] == f'attachment; filename="persyn-{job_id}.jsonl"'
+    assert [json.loads(line) for line in reply.text.splitlines()] == rows
+
+    sharegpt = client.get(f"/v1/jobs/{job_id}/dataset", params={"format": "sharegpt"})
+    assert sharegpt.headers["content-type"].startswith("application/json")
+    assert sharegpt.json()[1] == {"conversations": [{"from": "human", "value": "Question 2?"},
+                                                    {"from": "gpt", "value": "Answer 2"}]}
+    alpaca = client.get(f"/v1/jobs/{job_id}/dataset", params={"format": "alpaca"})
+    assert alpaca.json() == [{"instruction": r["prompt"], "input": "", "output": r["response"]} for r in rows]
+    assert "-alpaca.json" in alpaca.headers["content-disposition"]
+
+    empty = store.create_job("synthesize", {"student_id": "stu-a"}, [{"id": "x", "prompt": "y"}])
+    assert client.get(f"/v1/jobs/{empty}/dataset", params={"format": "sharegpt"}).json() == []
+    assert client.get(f"/v1/jobs/{job_id}/dataset", params={"format": "csv"}).status_code == 422
+    assert client.get("/v1/jobs/nope/dataset").status_code == 404
+
+
+# --------------------------------------------------------------------------- auth, probes, docs
+
+def test_api_keys_guard_v1_but_not_the_probes(store):
+    app = create_app(Settings(key_prefix=store.p, api_keys=("k1", "k2")), store=store,
+                     router_client=IdleRouterClient())
+    with TestClient(app) as client:
+        missing = client.get("/v1/teachers")
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert "API key" in missing.json()["detail"]
+        for header in ("Bearer k3", "Bearer k1x", "Basic k1", "Bearer ключ".encode()):
+            reply = client.get("/v1/teachers", headers={"Authorization": header})
+            assert reply.status_code == 401, header
+        assert client.post("/v1/route", json={}).status_code == 401  # auth before validation
+        for key in ("k1", "k2"):
+            assert client.get("/v1/teachers", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 200, path
+
+
+def test_readyz_reports_what_is_down(store):
+    down = JobStore.from_url("redis://127.0.0.1:1/0", store.p)
+    settings = Settings(key_prefix=store.p, router_service_url="http://127.0.0.1:9")
+    with TestClient(create_app(settings, store=down, router_client=HTTPRouterClient(settings.router_service_url))) \
+            as client:
+        reply = client.get("/readyz")
+        assert reply.status_code == 503
+        checks = reply.json()["checks"]
+        assert checks["redis"] != "ok" and "unreachable" in checks["router_service"]
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200  # job figures are skipped, not a 500
+
+
+def test_openapi_documents_the_api(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/route", "/v1/students", "/v1/jobs", "/v1/jobs/upload", "/v1/jobs/{job_id}/dataset",
+            "/v1/teachers", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    route = spec["paths"]["/v1/route"]["post"]
+    assert route["tags"] == ["routing"] and route["summary"] and {"404", "409", "413", "422"} <= set(route["responses"])

@@ -1,0 +1,95 @@
+"""Every selection strategy on a small parallel file."""
+
+import numpy as np
+import pytest
+
+from services.method.formats import ParallelRecord
+from services.method.rewards import combine, mean_per_teacher, nan_argmax
+from services.method.strategies import STRATEGIES, StrategyInputs, available_matrix, car_scores, dataset_rows, select
+
+TEACHERS = ["big", "small", "peer"]
+RECORDS = [
+    ParallelRecord(id=f"p{i}", prompt=f"prompt {i}", responses={t: f"{t} answer {i}" for t in TEACHERS})
+    for i in range(4)
+]
+RECORDS[3].responses.pop("peer")
+QUALITY = np.array([[9.0, 5.0, 7.0], [8.0, 6.0, 7.0], [9.0, 4.0, 8.0], [7.0, 5.0, np.nan]])
+LEARN = np.array([[-2.0, -0.5, -0.6], [-2.2, -0.4, -0.7], [-1.9, -0.6, -0.5], [-2.0, -0.5, np.nan]])
+
+
+def inputs(**kw):
+    base = dict(teachers=TEACHERS, available=available_matrix(RECORDS, TEACHERS), quality=QUALITY,
+                learnability=LEARN, scores=combine(QUALITY, LEARN, 0.4),
+                families={"big": "qwen", "small": "llama", "peer": "llama"},
+                sizes={"big": 72, "small": 1.5, "peer": 8}, student_family="llama", seed=1)
+    return StrategyInputs(**{**base, **kw})
+
+
+def names(selection):
+    return [TEACHERS[i] if i >= 0 else None for i in selection.choice]
+
+
+def test_oracle_picks_the_best_combined_reward_per_prompt():
+    expected = [TEACHERS[i] for i in nan_argmax(combine(QUALITY, LEARN, 0.4))]
+    assert names(select("oracle", inputs())) == expected
+    assert names(select("oracle", inputs(scores=combine(QUALITY, None, 0.0)))) == ["big"] * 4
+
+
+def test_strong_and_family_strong_use_one_teacher():
+    strong = select("strong", inputs())
+    assert names(strong) == ["big"] * 4 and strong.detail["teacher"] == "big"
+    family = select("family_strong", inputs())
+    assert family.detail["teacher"] == "peer"  # best mean quality among llama teachers
+    assert names(family) == ["peer", "peer", "peer", None] and family.detail["unserved"] == 1
+    assert names(select("strong", inputs(strong_teacher="small"))) == ["small"] * 4
+
+
+def test_car_trades_quality_for_compatibility():
+    sel = select("car", inputs())
+    means_q, means_nll = mean_per_teacher(QUALITY), mean_per_teacher(-LEARN)
+    assert sel.detail["teacher"] == TEACHERS[int(np.argmax(means_q / (1 + means_nll)))] == "peer"
+
+
+def test_mix_draws_from_the_strongest_and_the_smallest_teacher():
+    sel = select("mix", inputs(seed=0))
+    assert set(names(sel)) <= {"big", "small"} and sel.detail == {"strong": "big", "weak": "small", "unserved": 0}
+
+
+def test_random_is_seeded_and_only_picks_available_teachers():
+    runs = [names(select("random", inputs(seed=s))) for s in range(20)]
+    assert all(r[3] in ("big", "small") for r in runs)
+    assert names(select("random", inputs(seed=5))) == names(select("random", inputs(seed=5)))
+    assert len({tuple(r) for r in runs}) > 1
+
+
+def test_scas_takes_the_lowest_cost_and_persyn_the_highest_strength():
+    costs = np.array([[3.0, 1.0, 2.0]] * 4)
+    assert names(select("scas", inputs(scas_costs=costs))) == ["small"] * 4
+    strengths = np.array([[0.0, 0.0, 1.0]] * 4)
+    assert names(select("persyn", inputs(strengths=strengths))) == ["peer", "peer", "peer", "big"]
+
+
+def test_every_strategy_builds_a_dataset_with_the_chosen_answers():
+    extra = dict(scas_costs=np.ones((4, 3)), strengths=np.zeros((4, 3)))
+    for strategy in STRATEGIES:
+        sel = select(strategy, inputs(**extra))
+        rows = dataset_rows(RECORDS, TEACHERS, sel)
+        assert len(rows) == 4 - sel.detail["unserved"]
+        for row in rows:
+            assert row["response"] == RECORDS[int(row["id"][1:])].responses[row["teacher"]]
+
+
+def test_missing_inputs_and_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select("best", inputs())
+    with pytest.raises(ValueError, match="needs strengths"):
+        select("persyn", inputs())
+    with pytest.raises(ValueError, match="unknown teacher 'gpt'"):
+        select("strong", inputs(strong_teacher="gpt"))
+    with pytest.raises(ValueError, match="family 'mistral'"):
+        select("family_strong", inputs(student_family="mistral"))
+
+
+def test_car_prefers_compatible_teacher_over_slightly_better_one():
+    car = car_scores(np.array([8.0, 7.5]), np.array([2.0, 0.5]))
+    assert car.argmax() == 1
