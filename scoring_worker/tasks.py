@@ -13,22 +13,28 @@ from services.jobs import runtime as rt
 from services.jobs.celery_app import app
 from services.jobs.stages import SCORE_TASK, item_key, job_teachers
 from services.method.formats import ParallelRecord
-from services.method.rewards import combine
-from services.scoring.matrices import learnability_matrix, scas_cost_matrix
+from services.method.rewards import combine, nan_argmax
+from services.scoring.matrices import ScoredMatrix, learnability_detailed, reward_detailed, scas_cost_matrix
 from services.scoring.quality import math_verify_reward
 
 
-def _quality(prompt: dict, texts: list[str]) -> list[float]:
+def _quality(prompt: dict, record: list[ParallelRecord], names: list[str]) -> ScoredMatrix:
+    texts = [record[0].responses[t] for t in names]
     if prompt.get("reference") is not None:
-        return [math_verify_reward(t, str(prompt["reference"])) for t in texts]
+        values = np.array([[math_verify_reward(t, str(prompt["reference"])) for t in texts]])
+        return ScoredMatrix(values, np.zeros_like(values, dtype=bool), {})
     scorer = rt.reward_model()
     if scorer is None:
         raise ValueError(f"prompt {prompt['id']!r} has no reference and no reward model is configured")
-    return [float(v) for v in scorer.score([(prompt["prompt"], t) for t in texts])]
+    return reward_detailed(record, names, rt.settings().reward_model, scorer=scorer, cache=rt.score_cache())
 
 
 def compute_scores(job_id: str, stage: str, prompt_id: str) -> dict | None:
-    """Rewards of every answered teacher for one prompt (None when no teacher answered)."""
+    """Rewards of every answered teacher for one prompt (None when no teacher answered).
+
+    An answer a scorer refused (e.g. a server 400) gets no score and its reason under
+    ``score_errors``; answers cut to fit a scorer's context are listed under ``truncated``.
+    """
     store = rt.store()
     spec = store.job_record(job_id)["spec"]
     [prompt] = store.prompts(job_id, [prompt_id])
@@ -37,22 +43,45 @@ def compute_scores(job_id: str, stage: str, prompt_id: str) -> dict | None:
     answers = {t: a for t, a in answers.items() if a is not None and a["text"].strip()}
     if not answers:
         return None
-    names, texts = list(answers), [a["text"] for a in answers.values()]
-    record = [ParallelRecord(id=prompt_id, prompt=prompt["prompt"], responses=dict(zip(names, texts)))]
+    names = list(answers)
+    record = [ParallelRecord(id=prompt_id, prompt=prompt["prompt"],
+                             responses={t: a["text"] for t, a in answers.items()})]
     alpha = spec.get("alpha", 0.4)
     student = store.get_student(spec["student_id"])
-    quality = _quality(prompt, texts) if alpha < 1 else None
-    learn = None
+    parts = {}
+    if alpha < 1:
+        parts["quality"] = _quality(prompt, record, names)
     if alpha > 0:
-        learn = learnability_matrix(record, names, student["model"], cache=rt.score_cache(),
-                                    scorer=rt.learnability_scorer(student))[0].tolist()
-    combined = combine(None if quality is None else np.array([quality]),
-                              None if learn is None else np.array([learn]), alpha)[0]
-    scores = {"teachers": names, "quality": quality, "learnability": learn, "combined": combined.tolist()}
+        parts["learnability"] = learnability_detailed(record, names, student["model"], cache=rt.score_cache(),
+                                                      scorer=rt.learnability_scorer(student))
+    quality, learn = parts.get("quality"), parts.get("learnability")
+    combined = combine(None if quality is None else quality.values,
+                       None if learn is None else learn.values, alpha)[0]
+    scores = {"teachers": names,
+              "quality": None if quality is None else _json_floats(quality.values[0]),
+              "learnability": None if learn is None else _json_floats(learn.values[0]),
+              "combined": _json_floats(combined),
+              "truncated": {part: [names[j] for j in np.flatnonzero(m.truncated[0])] for part, m in parts.items()},
+              "score_errors": {f"{part}:{names[j]}": msg for part, m in parts.items()
+                               for (_, j), msg in m.errors.items()}}
     if spec.get("strategy") == "scas" and stage == "select":
-        scores["scas_cost"] = scas_cost_matrix(record, names, student["model"], cache=rt.score_cache(),
-                                               scorer=rt.scas_scorer(student["model"]))[0].tolist()
+        scores["scas_cost"] = _json_floats(scas_cost_matrix(
+            record, names, student["model"], cache=rt.score_cache(), scorer=rt.scas_scorer(student["model"]))[0])
     return scores
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    """JSON has no NaN: a missing score is null."""
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def _pick(scores: dict, by_cost: bool) -> int:
+    """The chosen teacher's index, ignoring answers without a score; -1 when none has one."""
+    if by_cost:
+        values = -np.array([np.nan if v is None else v for v in scores["scas_cost"]], dtype=float)
+    else:
+        values = np.array([np.nan if v is None else v for v in scores["combined"]], dtype=float)
+    return int(nan_argmax(values[None])[0])
 
 
 @app.task(name=SCORE_TASK)
@@ -74,15 +103,20 @@ def score(job_id: str, stage: str, prompt_id: str) -> str:
         scores = store.get_result(job_id, "score", prompt_id)
     job = store.job_record(job_id)
     if stage == "select" or job["kind"] == "persyn":
-        if stage == "select" and job["spec"].get("strategy") == "scas":
-            pick = int(np.argmin(scores["scas_cost"]))
-        else:
-            pick = int(np.argmax(scores["combined"]))
+        pick = _pick(scores, by_cost=stage == "select" and job["spec"].get("strategy") == "scas")
+        if pick < 0:
+            errors = "; ".join(f"{k}: {v}" for k, v in scores.get("score_errors", {}).items())
+            rt.finish_item(job_id, stage, prompt_id, ok=False, error=f"no answer could be scored ({errors})")
+            return "failed"
         teacher = scores["teachers"][pick]
         answer = store.get_result(job_id, "gen", item_key(prompt_id, teacher))
         [prompt] = store.prompts(job_id, [prompt_id])
-        store.put_row(job_id, {"id": prompt_id, "prompt": prompt["prompt"], "response": answer["text"],
-                               "teacher": teacher, "verified": answer["verified"],
-                               "source": "calibration" if stage == "calibration.score" else "selected"})
+        row = {"id": prompt_id, "prompt": prompt["prompt"], "response": answer["text"],
+               "teacher": teacher, "verified": answer["verified"],
+               "source": "calibration" if stage == "calibration.score" else "selected"}
+        cut = [part for part, who in scores.get("truncated", {}).items() if teacher in who]
+        if cut:
+            row["scored_truncated"] = cut  # its score is of the part that fit the scorer's context
+        store.put_row(job_id, row)
     rt.finish_item(job_id, stage, prompt_id)
     return "done"

@@ -13,12 +13,20 @@ protocol that PerSyn uses, with numbers computed from the REAL SmolLM2-135M-Inst
   does). Log-probs are a full-vocabulary log-softmax per position, fp32;
 * ``POST /tokenize`` (``messages`` with the chat template, or ``prompt``);
 * ``POST /pooling`` and ``POST /classify`` in vLLM's PoolingResponse / ClassificationResponse
-  shapes. THE "REWARD" IS A STAND-IN: the model's mean log-prob per token of the rendered
-  conversation (tokens 1..T-1), not a trained reward model; it only exercises the protocol
-  with real, deterministic numbers. ``/pooling`` returns ``[reward]`` per input, or with
-  ``pooling_output="token"`` one row per token (``[[running mean]]``, the last row being the
-  reward); ``/classify`` returns ``probs = [sigmoid(reward)]`` (``classify_num_classes=1``) or
-  ``softmax([0, reward])`` (2);
+  shapes, as vLLM serves a sequence-classification reward model under the ``classify`` task.
+  THE "REWARD" IS A STAND-IN: the model's mean log-prob per token of the rendered conversation
+  (tokens 1..T-1), not a trained reward model; it only exercises the protocol with real,
+  deterministic numbers. As in vLLM (``PoolingParams`` defaults ``use_activation`` to true for
+  classification; ``PoolerClassify`` is a sigmoid for one label, a softmax for more), both routes
+  squash the logits unless the request says ``use_activation: false``: ``/pooling`` returns
+  ``[sigmoid(reward)]`` per input, or with ``pooling_output="token"`` one row per token (the
+  running mean, each squashed; the last row is the reward); ``/classify`` returns
+  ``probs = [sigmoid(reward)]`` (``classify_num_classes=1``) or ``softmax([0, reward])`` (2), and
+  with ``use_activation: false`` the raw logits under the same ``probs`` key;
+* the context limit: ``max_model_len`` (reported by ``/v1/models`` and ``/tokenize``); an input
+  longer than it (for completions: prompt + ``max_tokens``) is refused with vLLM's 400
+  ``{"error": {"message", "type": "BadRequestError", "param", "code": 400}}``, unless a pooling
+  request sets ``truncate_prompt_tokens`` (-1 = the limit; k = keep the last k tokens);
 * ``POST /v1/chat/completions``: CANNED text ``"answer to: <last user message>"`` (no model),
   for fault-injection and concurrency tests.
 
@@ -52,8 +60,17 @@ from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 MODEL_REF = "smollm2-135m-instruct"
+
+
+class VLLMError(ValueError):
+    """A request vLLM refuses with 400 (e.g. longer than the model's context)."""
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
 
 
 @dataclass
@@ -85,8 +102,9 @@ class FakeVLLM:
     def __init__(self, model: str = "fake-student", *, faults: Faults | None = None,
                  chat_latency_s: float = 0.0, pooling_output: str = "sequence",
                  classify_num_classes: int = 1, echo_fills_prompt_logprobs: bool = False,
-                 tamper_position: int | None = None):
+                 tamper_position: int | None = None, max_model_len: int = 2048):
         self.model = model
+        self.max_model_len = max_model_len
         self.faults = faults or Faults()
         self.chat_latency_s = chat_latency_s
         self.pooling_output = pooling_output
@@ -223,10 +241,15 @@ class FakeVLLM:
     def _build_app(self):
         api = FastAPI()
 
+        @api.exception_handler(VLLMError)
+        async def _vllm_error(request: Request, exc: VLLMError):
+            return JSONResponse({"error": {"message": str(exc), "type": "BadRequestError", "param": None,
+                                           "code": 400}}, status_code=400)
+
         @api.get("/v1/models")
         def models():
             return {"object": "list", "data": [{"id": self.model, "object": "model",
-                                                "owned_by": "fake-vllm", "max_model_len": 2048}]}
+                                                "owned_by": "fake-vllm", "max_model_len": self.max_model_len}]}
 
         @api.get("/health")
         def health():
@@ -261,15 +284,19 @@ class FakeVLLM:
             else:
                 tok, _ = self.lm()
                 ids = tok(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
-            return {"count": len(ids), "max_model_len": 2048, "tokens": ids, "token_strs": None}
+            return {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids, "token_strs": None}
 
         @api.post("/pooling")
         def pooling(body: dict):
             self._check_model(body)
-            data, inputs = [], self._inputs(body)
+            data, inputs = [], self._pooling_inputs(body)
+            squash = body.get("use_activation") is not False
             for i, ids in enumerate(inputs):
                 reward, running = self.reward(ids)
-                out = [[r] for r in running] if self.pooling_output == "token" else [reward]
+                if self.pooling_output == "token":
+                    out = [[_sigmoid(r) if squash else r] for r in running]
+                else:
+                    out = [_sigmoid(reward) if squash else reward]
                 data.append({"index": i, "object": "pooling", "data": out})
             return {"id": "pool-fake", "object": "list", "created": int(time.time()),
                     "model": self.model, "data": data, "usage": _usage(inputs)}
@@ -277,15 +304,19 @@ class FakeVLLM:
         @api.post("/classify")
         def classify(body: dict):
             self._check_model(body)
-            data, inputs = [], self._inputs(body)
+            data, inputs = [], self._pooling_inputs(body)
+            squash = body.get("use_activation") is not False
             for i, ids in enumerate(inputs):
                 reward, _ = self.reward(ids)
-                if self.classify_num_classes == 1:
-                    probs = [1.0 / (1.0 + math.exp(-reward))]
+                logits = [reward] if self.classify_num_classes == 1 else [0.0, reward]
+                if not squash:
+                    probs = logits
+                elif len(logits) == 1:
+                    probs = [_sigmoid(reward)]
                 else:
                     z = 1.0 + math.exp(reward)
                     probs = [1.0 / z, math.exp(reward) / z]
-                label = f"LABEL_{max(range(len(probs)), key=probs.__getitem__)}"
+                label = f"LABEL_{max(range(len(logits)), key=logits.__getitem__)}"
                 data.append({"index": i, "label": label, "probs": probs,
                              "num_classes": len(probs)})
             return {"id": "classify-fake", "object": "list", "created": int(time.time()),
@@ -296,6 +327,23 @@ class FakeVLLM:
     def _check_model(self, body: dict) -> None:
         if body.get("model") != self.model:
             raise HTTPException(404, f"The model `{body.get('model')}` does not exist.")
+
+    def _pooling_inputs(self, body: dict) -> list[list[int]]:
+        """The inputs of a pooling/classify request, truncated as asked or refused when too long."""
+        inputs = self._inputs(body)
+        keep = body.get("truncate_prompt_tokens")
+        if keep is not None:
+            keep = self.max_model_len if keep == -1 else int(keep)
+            return [ids[-keep:] for ids in inputs]
+        for ids in inputs:
+            self._check_length(len(ids))
+        return inputs
+
+    def _check_length(self, n_tokens: int, what: str = "input") -> None:
+        if n_tokens > self.max_model_len:
+            raise VLLMError(f"This model's maximum context length is {self.max_model_len} tokens. "
+                            f"However, you requested {n_tokens} tokens in the {what}. "
+                            f"Please reduce the length of the {what}.")
 
     def _inputs(self, body: dict) -> list[list[int]]:
         """Token ids of each input of a pooling/classify request (vLLM's accepted forms)."""
@@ -326,6 +374,7 @@ class FakeVLLM:
         choices, n_prompt, n_completion = [], 0, 0
         for index, prompt in enumerate(prompts):
             ids = list(prompt) if isinstance(prompt, list) else tok(prompt)["input_ids"]
+            self._check_length(len(ids) + max_tokens, "prompt and completion")
             # Greedy generation. Row t of logp scores token t+1, so the last generated token
             # needs no forward pass of its own.
             gen: list[int] = []

@@ -402,10 +402,24 @@ class OpenAICompatClient:
         return data
 
     def models(self) -> list[str]:
+        return [m["id"] for m in self._model_cards()]
+
+    def max_model_len(self) -> int | None:
+        """The context length the server reports for this client's model (vLLM's
+        ``/v1/models`` carries ``max_model_len``), or None when it does not say."""
+        for card in self._model_cards():
+            if card.get("id") == self.model and isinstance(card.get("max_model_len"), int):
+                return card["max_model_len"]
+        return None
+
+    def _model_cards(self) -> list[dict]:
         url = f"{self.base_url}/models"
         resp = self._request("GET", url)
         try:
-            return [m["id"] for m in resp.json()["data"]]
+            cards = resp.json()["data"]
+            if not all(isinstance(card, dict) and isinstance(card.get("id"), str) for card in cards):
+                raise TypeError("a model card without an id")
+            return cards
         except (ValueError, KeyError, TypeError) as exc:
             raise OpenAICompatError(f"GET {url}: unexpected response {resp.text[:300]!r}",
                                     status_code=resp.status_code, url=url) from exc

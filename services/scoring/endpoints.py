@@ -23,30 +23,26 @@ generated token is ignored). Either response shape is read:
 Whichever shape the server returns is used (``prompt_logprobs`` first); a
 ``prompt_token_ids`` list, when present, must equal what was sent. A mismatch raises
 :class:`TokenMismatchError`: silently scoring other tokens than the student saw is the bug
-this guards against. Only positions ``len(prompt_ids) .. len(ids) - 1`` are summed.
+this guards against. Only positions ``len(prompt_ids) .. len(ids) - 1`` are summed. Items are
+cut to the server's ``max_model_len`` (response tail, as the local scorer cuts), so vLLM never
+answers 400 for length; should it refuse a batch anyway, its items are sent one by one and only
+the refused one goes unscored.
 
-**Reward** (:class:`EndpointRewardScorer`), the raw reward, no activation, for a
-(prompt, response) rendered as ``[user: prompt, assistant: response]``. Supported shapes:
-
-* ``route="pooling"``: ``POST /pooling``. Request ``{"model", "messages", "add_generation_prompt":
-  false}`` (the server applies the RM's chat template; one request per item), or with a local
-  ``tokenizer_ref`` ``{"model", "input": [[ids], ...]}`` batched. Response ``{"data": [{"index",
-  "data": D}]}`` where D is ``r``, ``[r]`` (sequence pooling, e.g. a ``*ForSequenceClassification``
-  RM served as a reward model) or ``[[r_1], ..., [r_T]]`` (one row per token: the last token's
-  value is the reward). Other shapes raise. Serve the RM so pooling returns raw scores
-  (vLLM's reward task applies no activation); ``extra_body`` is merged into each request for
-  version-specific switches.
-* ``route="classify"``: ``POST /classify`` with ``{"model", "input": [[ids], ...]}`` (ids from
-  ``POST /tokenize`` with ``messages``, i.e. the server's chat template, or from a local
-  ``tokenizer_ref``; ids rather than text so no second BOS is added). Response ``{"data":
-  [{"index", "label", "probs", "num_classes"}]}``. vLLM applies an activation here, undone:
-  one class (sigmoid) -> ``log(p / (1 - p))``; two classes (softmax) -> ``log(p1 / p0)``, the
-  logit difference. Probabilities saturate (float32) for |reward| above ~15: prefer /pooling.
+**Reward** (:class:`EndpointRewardScorer`): the raw reward of a (prompt, response) rendered as
+``[user: prompt, assistant: response]`` by the RM's chat template (locally with ``tokenizer_ref``,
+else by the server's ``POST /tokenize``), sent as token ids (no second BOS) in batches to
+``POST /pooling`` or ``POST /classify``. vLLM serves a one-label sequence classifier such as
+Skywork-Reward-V2 under the ``classify`` task and, unless a request says ``use_activation: false``,
+squashes its logit with a sigmoid on both routes, which saturates at 1.0 above a logit of ~17 and
+distorts every z-score: we always send ``use_activation: false``. ``/pooling`` answers ``{"data":
+[{"index", "data": D}]}`` with D = ``r``, ``[r]`` or ``[[r_1], ..., [r_T]]`` (token pooling: the last
+token's value is the reward); ``/classify`` answers ``{"data": [{"index", "label", "probs",
+"num_classes"}]}`` where ``probs`` then hold logits (two classes: their difference). Inputs longer
+than the context keep their end (left truncation, as the local reward model does).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -55,11 +51,11 @@ import numpy as np
 
 from services.clients.openai_compat import OpenAICompatClient, OpenAICompatError
 from services.scoring.learnability import LearnabilityScorer
+from services.scoring.scorers import ScoredBatch
 
 SHAPES = ("prompt_logprobs", "echo")
 ROUTES = ("pooling", "classify")
 _TOKEN_ID_PREFIX = "token_id:"
-_PROB_EPS = 1e-12
 
 
 class TokenMismatchError(ValueError):
@@ -153,6 +149,7 @@ class EndpointLearnabilityScorer:
 
     #: The local scorer's own tokenisation (it reads ``self.tokenizer`` and ``self.max_length``).
     encode_item = LearnabilityScorer.encode_item
+    encode_item_flagged = LearnabilityScorer.encode_item_flagged
 
     def __init__(self, base_url: str, model: str, tokenizer_ref: str = "smollm2-135m-instruct",
                  client: OpenAICompatClient | None = None, *, shape: str = "prompt_logprobs",
@@ -161,7 +158,8 @@ class EndpointLearnabilityScorer:
                  timeout: float = 300.0):
         """``tokenizer_ref`` must name the student's tokenizer (the endpoint's model);
         ``batch_size`` / ``max_batch_tokens`` bound one request; ``max_length`` truncates as
-        the local scorer does."""
+        the local scorer does (default: the server's ``max_model_len`` less the one token
+        generated, so vLLM never refuses an over-long item)."""
         from transformers import AutoTokenizer
 
         from services.core.models import resolve_model
@@ -176,14 +174,28 @@ class EndpointLearnabilityScorer:
         self.max_parallel_requests = max(1, int(max_parallel_requests))
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer_ref))
         self.client = client or OpenAICompatClient(base_url, model, timeout=timeout)
+        if self.max_length is None:
+            limit = self.client.max_model_len()
+            self.max_length = None if limit is None else limit - self.request_body()["max_tokens"]
 
     def score(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray:
-        """Mean response-token log-prob for each (prompt, response), in input order (float64)."""
-        return np.array([lp.mean() for lp in self._logprobs(items, progress)], dtype=np.float64)
+        """Mean response-token log-prob for each (prompt, response), in input order (float64);
+        raises if the server refused any item."""
+        return _strict(self.score_detailed(items, progress=progress))
+
+    def score_detailed(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> ScoredBatch:
+        """Scores, truncation flags, and the items the server refused (NaN; the rest are scored)."""
+        logprobs, truncated, errors = self._logprobs(items, progress)
+        values = np.array([lp.mean() if i not in errors else np.nan for i, lp in enumerate(logprobs)],
+                          dtype=np.float64)
+        return ScoredBatch(values, truncated, errors)
 
     def token_logprobs(self, prompt: str, response: str) -> np.ndarray:
         """Per-response-token log-probs for one example."""
-        return self._logprobs([(prompt, response)], progress=False)[0]
+        logprobs, _, errors = self._logprobs([(prompt, response)], progress=False)
+        if errors:
+            raise OpenAICompatError(errors[0])
+        return logprobs[0]
 
     def request_body(self) -> dict[str, Any]:
         """The /v1/completions parameters (besides model and prompt) for this shape."""
@@ -215,23 +227,50 @@ class EndpointLearnabilityScorer:
         return [response_logprobs(choice, ids, len(p), self.tokenizer)
                 for choice, ids, (p, _) in zip(choices, id_lists, encoded)]
 
-    def _logprobs(self, items: Sequence[tuple[str, str]], progress: bool) -> list[np.ndarray]:
+    def _logprobs(self, items: Sequence[tuple[str, str]],
+                  progress: bool) -> tuple[list[np.ndarray], list[bool], dict[int, str]]:
         from tqdm.auto import tqdm
 
-        encoded = [self.encode_item(p, r, index=i) for i, (p, r) in enumerate(items)]
+        flagged = [self.encode_item_flagged(p, r, index=i) for i, (p, r) in enumerate(items)]
+        encoded = [(p, r) for p, r, _ in flagged]
         batches = self._batches([len(p) + len(r) for p, r in encoded])
         results: list[np.ndarray] = [np.empty(0)] * len(encoded)
+        errors: dict[int, str] = {}
         bar = tqdm(total=len(encoded), desc="learnability (endpoint)", unit="ex",
                    disable=not progress)
         with ThreadPoolExecutor(max_workers=min(self.max_parallel_requests,
                                                 max(1, len(batches)))) as pool:
-            futures = [pool.submit(self._score_batch, [encoded[i] for i in b]) for b in batches]
+            futures = [pool.submit(_per_item_on_refusal, self._score_batch, [encoded[i] for i in b])
+                       for b in batches]
             for batch, fut in zip(batches, futures):
-                for i, lp in zip(batch, fut.result()):
-                    results[i] = lp
+                for i, outcome in zip(batch, fut.result()):
+                    if isinstance(outcome, str):
+                        errors[i] = outcome
+                    else:
+                        results[i] = outcome
                 bar.update(len(batch))
         bar.close()
-        return results
+        return results, [t for _, _, t in flagged], errors
+
+
+def _per_item_on_refusal(score_batch, batch: list) -> list:
+    """``score_batch(batch)``; when the server refuses the batch (a 4xx that no retry mends),
+    each item is sent alone, so one bad item costs only its own score (its error message)."""
+    try:
+        return score_batch(batch)
+    except OpenAICompatError as exc:
+        if exc.retryable or exc.status_code is None or not 400 <= exc.status_code < 500:
+            raise
+        if len(batch) == 1:
+            return [f"refused by the server: {exc}"]
+    return [_per_item_on_refusal(score_batch, [item])[0] for item in batch]
+
+
+def _strict(batch: ScoredBatch) -> np.ndarray:
+    if batch.errors:
+        i, reason = next(iter(sorted(batch.errors.items())))
+        raise OpenAICompatError(f"{len(batch.errors)} item(s) not scored; item {i}: {reason}")
+    return batch.values
 
 
 # --------------------------------------------------------------------------- reward
@@ -250,13 +289,15 @@ def reward_from_pooling(data: Any) -> float:
 
 
 def reward_from_classification(entry: dict) -> float:
-    """The raw logit behind one /classify output (sigmoid or 2-class softmax undone)."""
-    probs = [min(1 - _PROB_EPS, max(_PROB_EPS, float(p))) for p in entry.get("probs") or []]
-    if len(probs) == 1:
-        return math.log(probs[0] / (1 - probs[0]))
-    if len(probs) == 2:
-        return math.log(probs[1] / probs[0])
-    raise OpenAICompatError(f"unsupported classification output with {len(probs)} classes: "
+    """The raw reward in one /classify output requested with ``use_activation: false`` (the
+    values under ``probs`` are then logits): one class -> that logit; two (negative, positive)
+    -> their difference, the log-odds of the positive class."""
+    logits = [float(v) for v in entry.get("probs") or []]
+    if len(logits) == 1:
+        return logits[0]
+    if len(logits) == 2:
+        return logits[1] - logits[0]
+    raise OpenAICompatError(f"unsupported classification output with {len(logits)} classes: "
                             f"a reward model has 1 (or 2: negative, positive)")
 
 
@@ -273,16 +314,19 @@ class EndpointRewardScorer:
 
     def __init__(self, base_url: str, model: str, client: OpenAICompatClient | None = None,
                  route: str = "pooling", *, tokenizer_ref: str | None = None,
-                 batch_size: int = 16, max_parallel_requests: int = 8,
+                 batch_size: int = 16, max_parallel_requests: int = 8, max_length: int | None = None,
                  extra_body: dict | None = None, timeout: float = 300.0):
-        """``tokenizer_ref``: the RM's tokenizer, to render the chat template locally and send
-        token ids in batches; without it the server renders (one request per item)."""
+        """``tokenizer_ref``: the RM's tokenizer, to render the chat template locally; without it
+        the server renders each conversation (``/tokenize``). Inputs longer than ``max_length``
+        (default: the server's ``max_model_len``) lose their start, as the local reward model's
+        do, so the response end where the reward is read is kept."""
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         self.model = model
         self.route = route
         self.batch_size = max(1, int(batch_size))
         self.max_parallel_requests = max(1, int(max_parallel_requests))
+        self.max_length = max_length
         self.extra_body = dict(extra_body or {})
         self.tokenizer = None
         if tokenizer_ref is not None:
@@ -298,16 +342,23 @@ class EndpointRewardScorer:
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
     def score(self, items: Sequence[tuple[str, str]], progress: bool = False) -> np.ndarray:
-        """Raw reward per (prompt, response), in input order (float64)."""
+        """Raw reward per (prompt, response), in input order (float64); raises if any item was refused."""
+        return _strict(self.score_detailed(items, progress=progress))
+
+    def score_detailed(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> ScoredBatch:
+        """Rewards, truncation flags, and the items the server refused (NaN; the rest are scored)."""
         if not items:
-            return np.zeros(0, dtype=np.float64)
-        if self.route == "pooling" and self.tokenizer is None:
-            scores = self._map(self._pool_one, list(items))
-        else:
-            id_lists = self._map(self._ids, list(items))
-            chunks = [id_lists[i:i + self.batch_size] for i in range(0, len(id_lists), self.batch_size)]
-            scores = [s for chunk in self._map(self._score_ids, chunks) for s in chunk]
-        return np.asarray(scores, dtype=np.float64)
+            return ScoredBatch(np.zeros(0, dtype=np.float64), [])
+        rendered = self._map(self._ids, list(items))
+        limit = self.max_length or next((n for _, n in rendered if n), None) or self.client.max_model_len()
+        id_lists = [ids[-limit:] if limit else ids for ids, _ in rendered]
+        truncated = [bool(limit) and len(ids) > limit for ids, _ in rendered]
+        chunks = [id_lists[i:i + self.batch_size] for i in range(0, len(id_lists), self.batch_size)]
+        outcomes = [o for chunk in self._map(lambda c: _per_item_on_refusal(self._score_ids, c), chunks)
+                    for o in chunk]
+        errors = {i: o for i, o in enumerate(outcomes) if isinstance(o, str)}
+        values = np.array([np.nan if i in errors else o for i, o in enumerate(outcomes)], dtype=np.float64)
+        return ScoredBatch(values, truncated, errors)
 
     def __call__(self, prompt: str, response: str) -> float:
         return float(self.score([(prompt, response)])[0])
@@ -318,24 +369,21 @@ class EndpointRewardScorer:
         with ThreadPoolExecutor(max_workers=min(self.max_parallel_requests, len(args))) as pool:
             return list(pool.map(fn, args))
 
-    def _pool_one(self, item: tuple[str, str]) -> float:
-        body = {"model": self.model, "messages": self.messages(*item),
-                "add_generation_prompt": False, **self.extra_body}
-        [out] = _ordered(self.client.post_json("/pooling", body), 1, "/pooling")
-        return reward_from_pooling(out["data"])
-
-    def _ids(self, item: tuple[str, str]) -> list[int]:
-        """The RM's token ids of one rendered conversation (locally, or by ``/tokenize``)."""
+    def _ids(self, item: tuple[str, str]) -> tuple[list[int], int | None]:
+        """The RM's token ids of one rendered conversation (locally, or by ``/tokenize``, which
+        also tells the server's context length)."""
         if self.tokenizer is not None:
             text = self.tokenizer.apply_chat_template(self.messages(*item), tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        body = {"model": self.model, "messages": self.messages(*item),
-                "add_generation_prompt": False}
-        return list(self.client.post_json("/tokenize", body)["tokens"])
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"], None
+        body = {"model": self.model, "messages": self.messages(*item), "add_generation_prompt": False}
+        reply = self.client.post_json("/tokenize", body)
+        return list(reply["tokens"]), reply.get("max_model_len")
 
     def _score_ids(self, id_lists: list[list[int]]) -> list[float]:
         path = "/" + self.route
-        body = {"model": self.model, "input": id_lists, **self.extra_body}
+        # vLLM applies the classifier's activation (a sigmoid for one label) unless told not
+        # to, on /classify and on /pooling alike; rewards must stay raw for the z-scores.
+        body = {"model": self.model, "input": id_lists, "use_activation": False, **self.extra_body}
         outputs = _ordered(self.client.post_json(path, body), len(id_lists), path)
         if self.route == "pooling":
             return [reward_from_pooling(o["data"]) for o in outputs]

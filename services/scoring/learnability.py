@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.core.models import resolve_model
+from services.scoring.scorers import ScoredBatch
 
 #: LM-head rows per chunk: bounds the [rows, vocab] fp32 scratch (1024 x 49k ~ 200 MB).
 _HEAD_CHUNK_ROWS = 1024
@@ -108,8 +109,15 @@ class LearnabilityScorer:
 
     def encode_item(self, prompt: str, response: str, *, index: int = 0) -> tuple[list[int], list[int]]:
         """(prompt ids, response ids) as scored, after truncation; ``index`` names it in errors."""
+        prompt_ids, response_ids, _ = self.encode_item_flagged(prompt, response, index=index)
+        return prompt_ids, response_ids
+
+    def encode_item_flagged(self, prompt: str, response: str, *,
+                            index: int = 0) -> tuple[list[int], list[int], bool]:
+        """:meth:`encode_item` plus whether the response tail was cut to fit ``max_length``."""
         prompt_ids = encode(self.tokenizer, render_prompt(self.tokenizer, prompt))
         response_ids = encode(self.tokenizer, response)
+        truncated = False
         if self.max_length is not None:
             room = self.max_length - len(prompt_ids)
             if room <= 0:
@@ -117,10 +125,16 @@ class LearnabilityScorer:
                     f"item {index}: prompt has {len(prompt_ids)} tokens, no room for a response "
                     f"within max_length={self.max_length}"
                 )
+            truncated = len(response_ids) > room
             response_ids = response_ids[:room]
         if not response_ids:
             raise ValueError(f"item {index}: empty response (0 tokens) cannot be scored")
-        return prompt_ids, response_ids
+        return prompt_ids, response_ids, truncated
+
+    def score_detailed(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> ScoredBatch:
+        """:meth:`score` with each item's truncation flag."""
+        truncated = [self.encode_item_flagged(p, r, index=i)[2] for i, (p, r) in enumerate(items)]
+        return ScoredBatch(self.score(items, progress=progress), truncated)
 
     @torch.inference_mode()
     def _logprobs(self, items: Sequence[tuple[str, str]], progress: bool) -> list[np.ndarray]:

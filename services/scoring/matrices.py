@@ -7,6 +7,7 @@ depends on: the scorer, the teacher, the prompt and the response.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -69,6 +70,43 @@ def quality_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], s
                           lambda items: scorer.score(items, progress=progress), cache)
 
 
+@dataclass
+class ScoredMatrix:
+    """A reward matrix with, per cell, whether its input was truncated and why it has no score."""
+
+    values: np.ndarray
+    truncated: np.ndarray
+    errors: dict[tuple[int, int], str]
+
+
+def _cached_detailed(records, teachers, scorer_id: str, score_detailed: Callable,
+                     cache: ScoreCache | None) -> ScoredMatrix:
+    """Like :func:`_cached_matrix` for a scorer that flags truncation and refuses single items:
+    flags are cached beside the values; refused items are not cached, so a later run retries them."""
+    cells = _cells(records, teachers)
+    keys = [cache_key(scorer_id, teachers[j], prompt, response) for _, j, prompt, response in cells]
+    flag_keys = [cache_key("truncated", k) for k in keys]
+    have = cache.get_floats(keys + flag_keys) if cache is not None else {}
+    missing = [k for k, key in enumerate(keys) if key not in have]
+    errors: dict[tuple[int, int], str] = {}
+    if missing:
+        batch = score_detailed([cells[k][2:] for k in missing])
+        fresh: dict[str, float] = {}
+        for pos, k in enumerate(missing):
+            if pos in batch.errors:
+                errors[cells[k][:2]] = batch.errors[pos]
+                have[keys[k]] = np.nan
+                continue
+            fresh[keys[k]] = float(batch.values[pos])
+            fresh[flag_keys[k]] = float(batch.truncated[pos])
+        if cache is not None and fresh:
+            cache.put_floats(fresh)
+        have.update(fresh)
+    values = _fill(records, teachers, cells, [have[k] for k in keys])
+    truncated = _fill(records, teachers, cells, [have.get(k, 0.0) for k in flag_keys]) == 1.0
+    return ScoredMatrix(values, truncated, errors)
+
+
 def learnability_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
                         cache: ScoreCache | None = None, progress: bool = False, scorer=None) -> np.ndarray:
     """r_l per response: the student's mean log-probability per response token."""
@@ -86,6 +124,19 @@ def learnability_matrix(records: Sequence[ParallelRecord], teachers: Sequence[st
         return scorer.score(items, progress=progress)
 
     return _cached_matrix(records, teachers, f"learnability:{student}", score, cache)
+
+
+def learnability_detailed(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
+                          scorer, cache: ScoreCache | None = None) -> ScoredMatrix:
+    """:func:`learnability_matrix` with truncation flags and per-item refusals (workers use this:
+    one answer the scorer cannot take costs only its own score)."""
+    return _cached_detailed(records, teachers, f"learnability:{student}", scorer.score_detailed, cache)
+
+
+def reward_detailed(records: Sequence[ParallelRecord], teachers: Sequence[str], scorer_id: str, *,
+                    scorer, cache: ScoreCache | None = None) -> ScoredMatrix:
+    """Reward-model quality with truncation flags and per-item refusals."""
+    return _cached_detailed(records, teachers, f"quality:rm:{scorer_id}", scorer.score_detailed, cache)
 
 
 def scas_cost_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,

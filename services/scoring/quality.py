@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from services.scoring.scorers import ScoredBatch
+
 log = logging.getLogger(__name__)
 
 #: Seconds math-verify may spend per parse/comparison when we can use its signal timer.
@@ -148,6 +150,13 @@ class RewardModelScorer:
             log.warning("reward model produced %d non-finite scores",
                         int(np.sum(~np.isfinite(out))))
         return out
+
+    def score_detailed(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> ScoredBatch:
+        """:meth:`score` with each item's truncation flag (longer than ``max_length`` tokens)."""
+        add_special = not self._has_template
+        truncated = [len(self.tokenizer(self.render(p, r), add_special_tokens=add_special)["input_ids"])
+                     > self.max_length for p, r in items]
+        return ScoredBatch(np.asarray(self.score(items, progress=progress), dtype=np.float64), truncated)
 
     def __call__(self, prompt: str, response: str) -> float:
         return float(self.score([(prompt, response)])[0])

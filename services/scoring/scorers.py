@@ -6,9 +6,24 @@ factories know which implementation they built.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+
+@dataclass
+class ScoredBatch:
+    """Scores of a batch, in input order, with what happened to each item on the way.
+
+    ``truncated[i]``: item i was cut to fit the model's context before scoring (its score is
+    of the part that fits, as the local scorers do). ``errors[i]``: why item i has no score
+    (its value is NaN); the other items of its batch are scored all the same.
+    """
+
+    values: np.ndarray
+    truncated: list[bool]
+    errors: dict[int, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -19,6 +34,8 @@ class LearnabilitySource(Protocol):
 
     def score(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray: ...
 
+    def score_detailed(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> ScoredBatch: ...
+
     def token_logprobs(self, prompt: str, response: str) -> np.ndarray: ...
 
 
@@ -27,6 +44,8 @@ class RewardSource(Protocol):
     """A reward model's raw score (no activation), one value per (prompt, response)."""
 
     def score(self, items: Sequence[tuple[str, str]], progress: bool = False) -> np.ndarray: ...
+
+    def score_detailed(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> ScoredBatch: ...
 
 
 def learnability_scorer(model_ref: str, *, endpoint: str | None = None, endpoint_model: str | None = None,

@@ -1,7 +1,6 @@
 """Scoring and clients against vLLM's protocol (fake_vllm.py, real SmolLM2 numbers) and a REAL
 llama.cpp server (DemoPool)."""
 
-import math
 import threading
 
 import numpy as np
@@ -151,10 +150,9 @@ def test_reward_shape_parsers():
     for bad in ([1.0, 2.0], [[1.0, 2.0]], [], "x"):
         with pytest.raises(OpenAICompatError):
             reward_from_pooling(bad)
-    sig = 1 / (1 + math.exp(-3.0))
-    assert reward_from_classification({"probs": [sig], "num_classes": 1}) == pytest.approx(3.0)
-    p1 = math.exp(-1.0) / (1 + math.exp(-1.0))
-    assert reward_from_classification({"probs": [1 - p1, p1]}) == pytest.approx(-1.0)
+    # requested with use_activation false, /classify's "probs" are logits
+    assert reward_from_classification({"probs": [3.0], "num_classes": 1}) == 3.0
+    assert reward_from_classification({"probs": [0.5, -0.5], "num_classes": 2}) == -1.0
     with pytest.raises(OpenAICompatError):
         reward_from_classification({"probs": [0.2, 0.3, 0.5]})
 
@@ -227,3 +225,95 @@ def test_client_against_llama_cpp(pool):
         assert client.counters()["successes"] == 9
     with pytest.raises(OpenAICompatError, match="does not serve"):
         OpenAICompatClient(pool.base_url, "no-such-model").check_health()
+
+
+@pytest.mark.parametrize("route", ["pooling", "classify"])
+def test_the_fake_squashes_rewards_as_vllm_does_unless_told_not_to(fake, server, expected_rewards, route):
+    """vLLM applies the classifier's sigmoid by default on both routes; the scorer asks for raw logits."""
+    _, url = server
+    client = OpenAICompatClient(url + "/v1", STUDENT)
+    ids = [fake.render_ids(EndpointRewardScorer.messages(p, r), False) for p, r in ITEMS]
+    default = client.post_json("/" + route, {"model": STUDENT, "input": ids})["data"]
+    squashed = [d["data"][0] if route == "pooling" else d["probs"][0] for d in default]
+    np.testing.assert_allclose(squashed, 1 / (1 + np.exp(-expected_rewards)), atol=1e-6)
+    assert all(0 < v < 1 for v in squashed)
+    scorer = EndpointRewardScorer(url, STUDENT, route=route)
+    np.testing.assert_allclose(scorer.score(ITEMS), expected_rewards, atol=1e-6, rtol=0)
+    assert fake.log[-1].route == "/" + route
+
+
+@pytest.fixture
+def short_context(fake):
+    """The fake server with a 64-token context, restored afterwards."""
+    fake.max_model_len = 64
+    yield fake
+    fake.max_model_len = 2048
+
+
+def test_learnability_truncates_to_the_servers_context_like_the_local_scorer(short_context, server, local):
+    _, url = server
+    scorer = EndpointLearnabilityScorer(url, STUDENT, batch_size=2)
+    assert scorer.max_length == 63  # the context less the one generated token
+    local.max_length = 63
+    try:
+        want = local.score_detailed(ITEMS)
+    finally:
+        local.max_length = None
+    got = scorer.score_detailed(ITEMS)
+    assert not got.errors
+    assert got.truncated == want.truncated and any(got.truncated) and not all(got.truncated)
+    np.testing.assert_allclose(got.values, want.values, atol=1e-3, rtol=0)
+
+
+def test_a_refused_item_costs_only_its_own_score(short_context, server, local):
+    _, url = server
+    scorer = EndpointLearnabilityScorer(url, STUDENT, batch_size=5, max_length=10_000)  # more than it takes
+    long_ones = [i for i, (p, r) in enumerate(ITEMS) if sum(map(len, scorer.encode_item(p, r))) + 1 > 64]
+    assert 0 < len(long_ones) < len(ITEMS)
+    got = scorer.score_detailed(ITEMS)
+    assert sorted(got.errors) == long_ones and all("maximum context length" in e for e in got.errors.values())
+    short = [i for i in range(len(ITEMS)) if i not in long_ones]
+    np.testing.assert_allclose(got.values[short], local.score([ITEMS[i] for i in short]), atol=1e-3, rtol=0)
+    assert np.isnan(got.values[long_ones]).all()
+    with pytest.raises(OpenAICompatError, match="not scored"):
+        scorer.score(ITEMS)
+
+
+@pytest.mark.parametrize("local_template", [False, True])
+def test_reward_inputs_keep_their_end_when_longer_than_the_context(short_context, server, local_template):
+    fake, url = server
+    scorer = EndpointRewardScorer(url, STUDENT, batch_size=3,
+                                  tokenizer_ref="smollm2-135m-instruct" if local_template else None)
+    got = scorer.score_detailed(ITEMS)
+    ids = [fake.render_ids(EndpointRewardScorer.messages(p, r), False) for p, r in ITEMS]
+    assert not got.errors and got.truncated == [len(x) > 64 for x in ids] and any(got.truncated)
+    np.testing.assert_allclose(got.values, [fake.reward(x[-64:])[0] for x in ids], atol=1e-6, rtol=0)
+
+
+def test_worker_matrices_keep_truncation_flags_and_retry_refused_items(short_context, server, tmp_path):
+    """What the scoring worker calls: flags survive the cache; a refused answer is not cached as NaN."""
+    from services.core.cache import ScoreCache
+    from services.method.formats import ParallelRecord
+    from services.scoring.matrices import learnability_detailed
+
+    fake, url = server
+    teachers = [f"t{i}" for i in range(len(ITEMS))]
+    records = [ParallelRecord(id="p", prompt=ITEMS[0][0], responses={t: r for t, (_, r) in zip(teachers, ITEMS)})]
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    truncating = EndpointLearnabilityScorer(url, STUDENT, batch_size=5)
+    first = learnability_detailed(records, teachers, "s", scorer=truncating, cache=cache)
+    assert not first.errors and first.truncated.any() and np.isfinite(first.values).all()
+    before = fake.received["/v1/completions"]
+    again = learnability_detailed(records, teachers, "s", scorer=truncating, cache=cache)
+    assert fake.received["/v1/completions"] == before  # all from the cache, flags included
+    assert (again.truncated == first.truncated).all()
+
+    refusing = EndpointLearnabilityScorer(url, STUDENT, batch_size=5, max_length=10_000)
+    other = tmp_path / "other.sqlite"
+    got = learnability_detailed(records, teachers, "s", scorer=refusing, cache=ScoreCache(other))
+    refused = [j for (_, j) in got.errors]
+    assert refused and np.isnan(got.values[0, refused]).all()
+    assert np.isfinite(np.delete(got.values[0], refused)).all()
+    before = fake.received["/v1/completions"]
+    learnability_detailed(records, teachers, "s", scorer=refusing, cache=ScoreCache(other))
+    assert fake.received["/v1/completions"] - before == len(refused)  # only the refused ones are asked again
