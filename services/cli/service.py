@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.cli.common import CLIError, existing_path
+from services.cli.jobs import watch_job
 
 
 def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int, student_id: str,
                  seed: int) -> dict:
     """A full calibrate -> route -> synthesize job through the REST API, with progress bars."""
-    import time
-
     import httpx
-    from tqdm.auto import tqdm
 
     from services.demo.problems import make_problems
     from services.reports.plots import plot_allocation
@@ -28,21 +26,7 @@ def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int
             raise CLIError(f"job rejected ({response.status_code}): {response.text}")
         job_id = response.json()["id"]
         print(f"job {job_id} submitted: {n_prompts} prompts, {n_calibration} for calibration")
-        bars: dict[str, tqdm] = {}
-        while True:
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            for stage in job["stages"]:  # one bar per stage, closed when the stage finishes
-                bar = bars.get(stage["stage"]) or bars.setdefault(
-                    stage["stage"], tqdm(total=stage["total"], desc=stage["stage"], unit="item"))
-                if not bar.disable:  # tqdm marks a closed bar disabled
-                    bar.update(stage["done"] + stage["failed"] - bar.n)
-                    if stage["finished"] is not None:
-                        bar.close()
-            if job["state"] not in ("queued", "running"):
-                break
-            time.sleep(0.5)
-        for bar in bars.values():
-            bar.close()
+        job = watch_job(client, job_id, interval_s=0.5)
         if job["state"] != "succeeded":
             raise CLIError(f"job {job_id} ended {job['state']}: {job.get('error') or job['errors'][:3]}")
         out.mkdir(parents=True, exist_ok=True)
