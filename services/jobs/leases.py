@@ -10,8 +10,9 @@ finds it held by a live holder leaves the item to it.
 Keys (``J`` = ``P:job:{id}``): ``J:lease:{stage}:{item}`` (holder token, TTL); ``J:inflight:{stage}``
 set of items that took a lease and are not known finished; ``J:retrying:{stage}`` items waiting
 on a Celery retry; ``J:plan:{stage}`` hash item -> [task, args, queue] (what to requeue);
+``J:suspects:{stage}`` items the watchdog saw unleased with nothing queued on its last pass;
 ``J:health:{stage}`` hash of counters (redelivered, redis_retries, given_up); ``J:redeliveries``
-hash item -> watchdog requeues; ``J:beat`` last heartbeat of any of the job's items;
+hash item -> watchdog requeues;
 ``J:failures`` hash ``{who}|items`` / ``{who}|error`` (per teacher, or per non-teacher stage);
 ``P:jobs:active`` set of the jobs the watchdog looks at.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -28,13 +28,12 @@ import redis
 
 from services.jobs.store import JobStore
 
-#: Take the lease if it is free or already ours; note the item in flight and the job's heartbeat.
+#: Take the lease if it is free or already ours, and note the item in flight.
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[3], ARGV[4])
 return 1
 """
 #: Renew a lease we hold, or take it back if it lapsed while nobody else took it (Redis was away).
@@ -42,7 +41,6 @@ _RENEW = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
 #: Drop or re-time a lease only if it is still ours (PX 0: drop).
@@ -98,13 +96,11 @@ class Leases:
     # ------------------------------------------------------------------ leases
 
     def acquire(self, job_id: str, stage: str, item: str, token: str, lease_s: float) -> bool:
-        return bool(self._acquire(
-            keys=[self._j(job_id, "lease", stage, item), self._j(job_id, "inflight", stage), self._j(job_id, "beat")],
-            args=[token, int(lease_s * 1000), item, time.time()]))
+        return bool(self._acquire(keys=[self._j(job_id, "lease", stage, item), self._j(job_id, "inflight", stage)],
+                                  args=[token, int(lease_s * 1000), item]))
 
     def renew(self, job_id: str, stage: str, item: str, token: str, lease_s: float) -> bool:
-        return bool(self._renew(keys=[self._j(job_id, "lease", stage, item), self._j(job_id, "beat")],
-                                args=[token, int(lease_s * 1000), time.time()]))
+        return bool(self._renew(keys=[self._j(job_id, "lease", stage, item)], args=[token, int(lease_s * 1000)]))
 
     def release(self, job_id: str, stage: str, item: str, token: str, *, keep_s: float = 0.0) -> None:
         """Drop our lease (``keep_s`` > 0: keep it that long, e.g. while a Celery retry waits)."""
@@ -139,13 +135,16 @@ class Leases:
         if items:
             self.r.srem(self._j(job_id, "inflight", stage), *items)
 
-    def last_beat(self, job_id: str) -> float | None:
-        raw = self.r.get(self._j(job_id, "beat"))
-        return float(raw) if raw else None
-
-    def touch(self, job_id: str) -> None:
-        """Count a watchdog pass on the job as activity, so the next silent-job check waits a lease again."""
-        self.r.set(self._j(job_id, "beat"), time.time())
+    def swap_suspects(self, job_id: str, stage: str, suspects: set[str]) -> set[str]:
+        """Remember ``suspects`` (unleased, unfinished, none queued) for the next pass; returns those
+        that were suspects on the previous pass too."""
+        key = self._j(job_id, "suspects", stage)
+        pipe = self.r.pipeline()
+        pipe.smembers(key)
+        pipe.delete(key)
+        if suspects:
+            pipe.sadd(key, *suspects)
+        return set(pipe.execute()[0]) & suspects
 
     # ------------------------------------------------------------------ counters
 
@@ -239,7 +238,7 @@ def hold(leases: Leases, job_id: str, stage: str, item: str, token: str, lease_s
                     when = getattr(exc, "when", None)
                     countdown = float(when) if isinstance(when, (int, float)) else 0.0
                     leases.mark_retrying(job_id, stage, item)
-                    leases.release(job_id, stage, item, token, keep_s=countdown + lease_s)
+                    leases.release(job_id, stage, item, token, keep_s=countdown + 3 * lease_s)
                 else:
                     leases.release(job_id, stage, item, token)
             except redis.RedisError:

@@ -7,9 +7,9 @@ active job, on its current stage:
 
 - **stalled** items: took a lease that lapsed (their worker died or lost Redis) and are not
   finished: requeued at once;
-- **lost** items: the job has been silent (no heartbeat) for a lease period, nothing waits in
-  the stage's queue, and items have neither a result nor a lease: requeued (a task message
-  lost before it started, e.g. acked while Redis was away);
+- **lost** items: nothing waits in the stage's queue, yet items have neither a result nor a
+  lease on two passes in a row: requeued (a task message lost before its task took the lease:
+  held by a worker that died, or acked while Redis was away);
 - a stage that finished without its job moving on (the finishing task lost Redis while
   advancing): advanced.
 
@@ -34,16 +34,15 @@ log = logging.getLogger(__name__)
 
 
 def queue_length(queue: str) -> int:
-    """Messages waiting in a Celery queue (0 when the queue's list does not exist)."""
-    from kombu.exceptions import ChannelError
+    """Messages waiting in a Celery queue (every priority list of it).
 
+    Not ``queue_declare(passive=True)``: in kombu 5.7 its existence check ignores the
+    ``global_keyprefix`` we use, so it reports every queue missing; the channel's size does not.
+    """
     from services.jobs.celery_app import app
 
     with app.connection_for_read() as conn:
-        try:
-            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
-        except ChannelError:
-            return 0
+        return int(conn.default_channel._size(queue))
 
 
 def sweep(store: JobStore, settings: Settings, *, queue_length=queue_length) -> dict[str, int]:
@@ -71,13 +70,12 @@ def sweep(store: JobStore, settings: Settings, *, queue_length=queue_length) -> 
         stalled = set(flying) - leases.live(job_id, stage, flying)
         leases.drop_in_flight(job_id, stage, sorted(set(flying) & done))
         plan = leases.plan(job_id, stage)
-        beat = leases.last_beat(job_id) or float(progress.get("started") or 0)
-        if time.time() - beat > settings.lease_s:
-            waiting = [item for item in plan if item not in done and item not in stalled]
-            queues = {plan[item][2] for item in waiting}
-            if waiting and not any(queue_length(q) for q in queues):
-                stalled |= set(waiting) - leases.live(job_id, stage, waiting)
-            leases.touch(job_id)
+        waiting = [item for item in plan if item not in done and item not in stalled]
+        if waiting and not any(queue_length(q) for q in {plan[item][2] for item in waiting}):
+            # nothing left in the queue, yet these have no lease: lost unless about to start, so
+            # an item seen so on two passes in a row is requeued
+            unleased = set(waiting) - leases.live(job_id, stage, waiting)
+            stalled |= leases.swap_suspects(job_id, stage, unleased)
         for item in sorted(stalled):
             if item not in plan:
                 continue
