@@ -63,8 +63,17 @@ def _previous_hits(student_id: str, teachers: list[str], val_prompts: list[str],
     return {k: val[k] for k in ("hit@1", "hit@3") if k in val} if val else None
 
 
-def _gate(student_id: str, teachers: list[str], prompts: list[str], combined: np.ndarray, metrics: dict,
-          config: TrainConfig) -> GateResult:
+def _degraded(job_id: str) -> str | None:
+    """What failed in the job's calibration stages, or None."""
+    failed = sum(s["failed"] for s in rt.store().stage_progress(job_id) if s["stage"].startswith("calibration."))
+    if not failed:
+        return None
+    who = ", ".join(f"{w}: {f.get('items', 0)}" for w, f in sorted(rt.leases().failures(job_id).items()))
+    return f"{failed} calibration item(s) failed; {who}"
+
+
+def _gate(job_id: str, student_id: str, teachers: list[str], prompts: list[str], combined: np.ndarray,
+          metrics: dict, config: TrainConfig) -> GateResult:
     """The publish gate on this calibration (:mod:`services.method.gate`)."""
     settings = rt.settings()
     train_idx, val_idx = split_prompts(len(prompts), config.val_fraction, config.seed)
@@ -81,7 +90,8 @@ def _gate(student_id: str, teachers: list[str], prompts: list[str], combined: np
     return publish_gate(n_prompts=len(prompts), n_pairs=len(make_pairs(combined)),
                         min_prompts=settings.router_min_prompts, min_pairs=settings.router_min_pairs,
                         candidate=candidate, baselines=baselines,
-                        require_validation=len(prompts) >= _MIN_PROMPTS_FOR_VALIDATION)
+                        require_validation=len(prompts) >= _MIN_PROMPTS_FOR_VALIDATION,
+                        degraded=_degraded(job_id), replaces_active=rt.store().active_router(student_id) is not None)
 
 
 @app.task(name=TRAIN_TASK)
@@ -104,7 +114,7 @@ def _train(job_id: str) -> str:
             router, metrics = train_router(
                 prompts, teachers, mats["combined"], config, cache=rt.score_cache(),
                 extra_config={"student_id": student_id, "alpha": spec.get("alpha", 0.4), "job_id": job_id})
-            gate = _gate(student_id, teachers, prompts, mats["combined"], metrics, config)
+            gate = _gate(job_id, student_id, teachers, prompts, mats["combined"], metrics, config)
         except TRANSIENT_REDIS_ERRORS:
             raise  # retried by run_item
         except Exception as exc:  # noqa: BLE001 - one item: the job ends with the reason, never hangs

@@ -9,7 +9,7 @@ finds it held by a live holder leaves the item to it.
 
 Keys (``J`` = ``P:job:{id}``): ``J:lease:{stage}:{item}`` (holder token, TTL); ``J:inflight:{stage}``
 set of items that took a lease and are not known finished; ``J:retrying:{stage}`` items waiting
-on a Celery retry; ``J:plan:{stage}`` hash item -> [task, args, queue] (what to requeue);
+on a Celery retry; ``J:plan:{stage}`` hash item -> [task, args, queue] (what to requeue) and ``J:plan:{stage}:queues``;
 ``J:suspects:{stage}`` items the watchdog saw unleased with nothing queued on its last pass;
 ``J:health:{stage}`` hash of counters (redelivered, redis_retries, given_up); ``J:redeliveries``
 hash item -> watchdog requeues;
@@ -75,8 +75,13 @@ class Leases:
         for start in range(0, len(items), 1000):
             pipe.hset(key, mapping={item: json.dumps([task, args, queue])
                                     for item, task, args, queue in items[start:start + 1000]})
+        if items:
+            pipe.sadd(self._j(job_id, "plan", stage, "queues"), *{queue for *_, queue in items})
         pipe.sadd(self.store._k("jobs", "active"), job_id)
         pipe.execute()
+
+    def plan_queues(self, job_id: str, stage: str) -> set[str]:
+        return set(self.r.smembers(self._j(job_id, "plan", stage, "queues")))
 
     def plan(self, job_id: str, stage: str, items: list[str] | None = None) -> dict[str, tuple[str, list, str]]:
         key = self._j(job_id, "plan", stage)
@@ -115,6 +120,13 @@ class Leases:
 
     def mark_retrying(self, job_id: str, stage: str, item: str) -> None:
         self.r.sadd(self._j(job_id, "retrying", stage), item)
+
+    def finished(self, job_id: str, stage: str, items: list[str]) -> set[str]:
+        """The items of ``items`` the stage has counted (done or failed)."""
+        if not items:
+            return set()
+        flags = self.r.smismember(self.store._k("job", job_id, "stage", stage, "items"), items)
+        return {item for item, flag in zip(items, flags) if flag}
 
     def holder(self, job_id: str, stage: str, item: str) -> str | None:
         return self.r.get(self._j(job_id, "lease", stage, item))
@@ -181,10 +193,11 @@ class Leases:
         """What ``GET /v1/jobs/{id}`` shows per stage: items running under a live lease, stalled
         (took a lease that lapsed, not finished: the watchdog will requeue them), waiting on a
         retry, requeued by the watchdog, Redis errors retried inside tasks, given up."""
-        done = self.r.smembers(self.store._k("job", job_id, "stage", stage, "items"))
-        flying = sorted(self.in_flight(job_id, stage) - done)
+        flying = sorted(self.in_flight(job_id, stage))
+        flying = sorted(set(flying) - self.finished(job_id, stage, flying))
         alive = self.live(job_id, stage, flying)
-        retrying = set(self.r.smembers(self._j(job_id, "retrying", stage))) - done
+        retrying = sorted(self.r.smembers(self._j(job_id, "retrying", stage)))
+        retrying = set(retrying) - self.finished(job_id, stage, retrying)
         counters = {k: int(v) for k, v in self.r.hgetall(self._j(job_id, "health", stage)).items()}
         return {"in_flight": len(alive - retrying), "stalled": len(set(flying) - alive),
                 "retrying": len(retrying), "redelivered": counters.get("redelivered", 0),

@@ -45,7 +45,7 @@ def queue_length(queue: str) -> int:
         return int(conn.default_channel._size(queue))
 
 
-def sweep(store: JobStore, settings: Settings, *, queue_length=queue_length) -> dict[str, int]:
+def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
     """One pass over every active job; returns what it did (for logs and tests)."""
     from services.jobs.stages import advance, enqueue
 
@@ -65,17 +65,22 @@ def sweep(store: JobStore, settings: Settings, *, queue_length=queue_length) -> 
                 advance(store, job_id, stage, settings)
                 did["advanced"] += 1
             continue
-        done = store.r.smembers(store._k("job", job_id, "stage", stage, "items"))
-        flying = sorted(leases.in_flight(job_id, stage) - done)
+        flying = sorted(leases.in_flight(job_id, stage))
+        landed = leases.finished(job_id, stage, flying)
+        leases.drop_in_flight(job_id, stage, sorted(landed))
+        flying = [item for item in flying if item not in landed]
         stalled = set(flying) - leases.live(job_id, stage, flying)
-        leases.drop_in_flight(job_id, stage, sorted(set(flying) & done))
-        plan = leases.plan(job_id, stage)
-        waiting = [item for item in plan if item not in done and item not in stalled]
-        if waiting and not any(queue_length(q) for q in {plan[item][2] for item in waiting}):
+        plan: dict = {}
+        if not any(queue_length(q) for q in leases.plan_queues(job_id, stage)):
             # nothing left in the queue, yet these have no lease: lost unless about to start, so
             # an item seen so on two passes in a row is requeued
+            plan = leases.plan(job_id, stage)
+            done = store.r.smembers(store._k("job", job_id, "stage", stage, "items"))
+            waiting = [item for item in plan if item not in done and item not in stalled]
             unleased = set(waiting) - leases.live(job_id, stage, waiting)
             stalled |= leases.swap_suspects(job_id, stage, unleased)
+        if not plan:  # the whole plan is read only when the stage's queues are empty
+            plan = leases.plan(job_id, stage, sorted(stalled))
         for item in sorted(stalled):
             if item not in plan:
                 continue

@@ -3,7 +3,8 @@
 A calibration degraded by a teacher down or failed items can still train a router; the gate
 keeps it from replacing a good one. It passes a router only with enough scored prompts and
 Bradley-Terry pairs, and a validation Hit@k not below that of every baseline measured on the
-same validation prompts (the best single teacher, the previous active router).
+same validation prompts (the best single teacher, the previous active router); a calibration
+with failed items never replaces an active router at all.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ def hits_of_choice(scores: np.ndarray, chosen: np.ndarray) -> dict[str, float]:
 
 def publish_gate(*, n_prompts: int, n_pairs: int, min_prompts: int, min_pairs: int,
                  candidate: dict | None, baselines: dict[str, dict | None],
-                 require_validation: bool) -> GateResult:
+                 require_validation: bool, degraded: str | None = None, replaces_active: bool = False) -> GateResult:
     """Decide activation. ``candidate`` and each baseline are ``{"hit@1", "hit@3"}`` on the same
     validation prompts (a baseline of None is not compared); ``candidate`` is None when there was no
-    validation split, which fails the gate when ``require_validation``."""
+    validation split, which fails the gate when ``require_validation``. ``degraded`` says what failed
+    in the calibration; such a router never replaces an active one (``replaces_active``)."""
     checks = {"n_prompts": n_prompts, "min_prompts": min_prompts, "n_pairs": n_pairs, "min_pairs": min_pairs,
-              "val": candidate, **{name: value for name, value in baselines.items() if value is not None}}
+              "val": candidate, **{name: value for name, value in baselines.items() if value is not None},
+              **({"degraded": degraded} if degraded else {})}
+    if degraded and replaces_active:
+        return GateResult(False, f"the calibration was degraded ({degraded}); the active router stays", checks)
     if n_prompts < min_prompts:
         return GateResult(False, f"only {n_prompts} scored calibration prompts; at least {min_prompts} needed "
                                  "(PERSYN_ROUTER_MIN_PROMPTS)", checks)

@@ -248,14 +248,19 @@ def test_degraded_calibration_never_replaces_a_good_router(chaos):
     assert job["router_gate"]["activated"], job["router_gate"]
     assert client.get("/v1/students/gated").json()["active_version"] == job["router_version"]
 
-    degraded = client.post("/v1/jobs", json={"kind": "calibrate", "student_id": "gated", "prompts": calibration,
-                                             "calibration_size": 12, "alpha": 0.0, "teachers": ["steady", "down"]})
-    state, _ = _wait(store, degraded.json()["id"], timeout=120)
-    bad = client.get(f"/v1/jobs/{degraded.json()['id']}").json()
-    assert state in ("partial", "failed"), bad
-    assert bad["failures"]["down"]["items"] == 12
-    student = client.get("/v1/students/gated").json()
-    assert student["active_version"] == job["router_version"]  # the good router stays
-    for version in student["versions"]:
-        if version["version"] == bad["router_version"]:
-            assert not version["metrics"]["gate"]["activated"] and version["metrics"]["gate"]["reason"]
+    for teachers, trains in ((["steady", "down"], False), (["steady", "wrong", "down"], True)):
+        response = client.post("/v1/jobs", json={"kind": "calibrate", "student_id": "gated", "prompts": calibration,
+                                                 "calibration_size": 12, "alpha": 0.0, "teachers": teachers})
+        state, _ = _wait(store, response.json()["id"], timeout=120)
+        bad = client.get(f"/v1/jobs/{response.json()['id']}").json()
+        assert bad["failures"]["down"]["items"] == 12
+        student = client.get("/v1/students/gated").json()
+        assert student["active_version"] == job["router_version"]  # the good router stays
+        if trains:  # pairs between steady and wrong: a router is trained, stored inactive with the reason
+            assert state == "partial", bad
+            [version] = [v for v in student["versions"] if v["version"] == bad["router_version"]]
+            assert not version["metrics"]["gate"]["activated"]
+            assert "degraded" in version["metrics"]["gate"]["reason"]
+            assert bad["router_gate"]["reason"] == version["metrics"]["gate"]["reason"]
+        else:  # one answer per prompt: no pairs, nothing to train
+            assert state == "failed" and "no training pairs" in bad["error"], bad

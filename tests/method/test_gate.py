@@ -47,3 +47,10 @@ def test_best_single_is_the_teacher_with_the_best_mean_and_its_hits():
     assert best_single_teacher(train) == 0
     val = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])
     assert hits_of_choice(val, np.array([0, 0])) == {"hit@1": 0.5, "hit@3": 1.0}
+
+
+def test_a_degraded_calibration_never_replaces_an_active_router():
+    degraded = "5 calibration item(s) failed; down: 5"
+    refused = _gate(degraded=degraded, replaces_active=True)
+    assert not refused.passed and "degraded" in refused.reason and refused.checks["degraded"] == degraded
+    assert _gate(degraded=degraded, replaces_active=False).passed  # no router to protect: Hit@k decides
