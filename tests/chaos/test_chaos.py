@@ -264,3 +264,20 @@ def test_degraded_calibration_never_replaces_a_good_router(chaos):
             assert bad["router_gate"]["reason"] == version["metrics"]["gate"]["reason"]
         else:  # one answer per prompt: no pairs, nothing to train
             assert state == "failed" and "no training pairs" in bad["error"], bad
+
+
+def test_a_persyn_job_whose_router_the_gate_refuses_uses_the_best_single_teacher(chaos):
+    stack, server, store, client, fakes = chaos
+    client.post("/v1/students", json={"student_id": "small-calibration"})
+    prompts = [p for p in PROMPTS.values()][12:24]
+    response = client.post("/v1/jobs", json={"kind": "persyn", "student_id": "small-calibration", "prompts": prompts,
+                                             "calibration_size": 6, "alpha": 0.0, "teachers": ["steady", "wrong"]})
+    assert response.status_code == 202, response.text
+    state, _ = _wait(store, response.json()["id"], timeout=120)
+    job = client.get(f"/v1/jobs/{response.json()['id']}").json()
+    assert state == "succeeded", job
+    assert not job["router_gate"]["activated"] and "PERSYN_ROUTER_MIN_PROMPTS" in job["router_gate"]["reason"]
+    assert client.get("/v1/students/small-calibration").json()["active_version"] is None
+    rows = _rows(client, job["id"])
+    assert sorted(r["id"] for r in rows) == sorted(p["id"] for p in prompts)
+    assert {r["teacher"] for r in rows} == {"steady"}  # calibration rows keep their best answer, the rest: best single
