@@ -100,8 +100,9 @@ def run_item(job_id: str, stage: str, item: str, body: Callable[[], str]) -> str
 
     The body is idempotent (it skips work whose result exists), so rerunning it after Redis
     came back is safe. Past ``PERSYN_REDIS_RETRY_S`` the error is raised: Celery acks the
-    message, and the lapsed lease (or the silent job) brings the watchdog to requeue the item,
-    so no item is acked and forgotten.
+    message, and the lapsed lease (or the item missing from an empty queue) brings the watchdog
+    to requeue it, so no item is acked and forgotten. Any other error the body did not handle
+    fails the item with that error (requeueing would only meet it again).
     """
     from celery import current_task
     from celery.exceptions import Retry
@@ -117,6 +118,8 @@ def run_item(job_id: str, stage: str, item: str, body: Callable[[], str]) -> str
             if retried:
                 leases().count(job_id, stage, "redis_retries", retried)
             return outcome
+        except Retry:
+            raise  # a transient teacher error: Celery runs the task again after its countdown
         except lease_lib.TRANSIENT_REDIS_ERRORS as exc:
             retried += 1
             if time.monotonic() + delay > deadline:
@@ -125,3 +128,7 @@ def run_item(job_id: str, stage: str, item: str, body: Callable[[], str]) -> str
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error fails its item, with the reason, once
+            log.exception("job %s %s %s failed", job_id, stage, item)
+            finish_item(job_id, stage, item, ok=False, error=f"{type(exc).__name__}: {exc}")
+            return "failed"
