@@ -27,8 +27,14 @@ def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int
         job_id = response.json()["id"]
         print(f"job {job_id} submitted: {n_prompts} prompts, {n_calibration} for calibration")
         job = watch_job(client, job_id, interval_s=0.5)
-        if job["state"] != "succeeded":
+        if job["state"] not in ("succeeded", "partial"):
             raise CLIError(f"job {job_id} ended {job['state']}: {job.get('error') or job['errors'][:3]}")
+        if job["state"] == "partial":
+            print(f"job {job_id} ended partial: {job['error']}")
+        gate = job.get("router_gate")
+        if gate and not gate["activated"]:
+            print(f"router not activated: {gate['reason']}; its best single teacher, "
+                  f"{gate['best_single_teacher']}, answered the rest")
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{job_id}.jsonl"
         path.write_bytes(client.get(f"/v1/jobs/{job_id}/dataset", params={"format": "jsonl"}).content)
@@ -87,7 +93,8 @@ def register(sub) -> None:
     p.add_argument("--demo-job", action="store_true",
                    help="run a full job on the built-in problems through the REST API, then stop")
     p.add_argument("--prompts", type=int, default=16)
-    p.add_argument("--calibration", type=int, default=8)
+    p.add_argument("--calibration", type=int, default=12,
+                   help="calibration prompts (the router publish gate wants 10 or more, PERSYN_ROUTER_MIN_PROMPTS)")
     p.add_argument("--student", default="smollm2-demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_up)
