@@ -1,8 +1,15 @@
-"""One task per (job, prompt, teacher): ask the teacher, keep the answer once."""
+"""One task per chunk of (prompt, teacher) items: ask the teachers concurrently, keep each answer once.
+
+A chunk (``PERSYN_CHUNK_ITEMS`` items) runs under one lease and reads and writes its answers,
+rows and counts in a few pipelined round trips, so the orchestration costs little per item
+at 50K prompts. Items a teacher failed transiently are retried as a smaller chunk (same unit,
+Celery's countdown); the rest of the chunk is counted at once.
+"""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import httpx
@@ -32,40 +39,78 @@ def _transient(exc: Exception) -> bool:
 
 
 @app.task(name=GENERATE_TASK, bind=True, max_retries=rt.settings().task_max_retries)
-def generate(self, job_id: str, stage: str, prompt_id: str, teacher_name: str) -> str:
-    key = item_key(prompt_id, teacher_name)
-    return rt.run_item(job_id, stage, key, lambda: _generate(self, job_id, stage, prompt_id, teacher_name, key))
+def generate(self, job_id: str, stage: str, unit: str, items: list[list[str]]) -> str:
+    pairs = [(p, t) for p, t in items]
+    return rt.run_item(job_id, stage, unit, lambda: _generate(self, job_id, stage, unit, pairs),
+                       items=[item_key(p, t) for p, t in pairs])
 
 
-def _generate(task, job_id: str, stage: str, prompt_id: str, teacher_name: str, key: str) -> str:
+def _generate(task, job_id: str, stage: str, unit: str, pairs: list[tuple[str, str]]) -> str:
     store = rt.store()
     if not store.is_active(job_id):
         return "skipped: job ended"
-    result = store.get_result(job_id, "gen", key)
+    keys = [item_key(p, t) for p, t in pairs]
+    answers = store.results_for(job_id, "gen", keys)
     spec = store.job_record(job_id)["spec"]
-    [prompt] = store.prompts(job_id, [prompt_id])
-    if result is None:
-        teacher = rt.teachers().get(teacher_name)
-        if teacher is None:
-            rt.finish_item(job_id, stage, key, ok=False, error=f"teacher {teacher_name!r} is not in the pool")
-            return "failed"
-        store.count_attempt(job_id, key)
-        try:
-            reply = answer(teacher, prompt_id, prompt["prompt"], prompt.get("reference"),
-                           seed=spec.get("seed", 0), client=rt.client(teacher.base_url, teacher.model))
-        except Exception as exc:  # noqa: BLE001 - every teacher failure is either retried or recorded
-            if _transient(exc) and task.request.retries < task.max_retries:
-                raise task.retry(exc=exc, countdown=min(60, 2 ** task.request.retries))
-            rt.finish_item(job_id, stage, key, ok=False, error=f"{type(exc).__name__}: {exc}")
-            return "failed"
-        if store.put_result(job_id, "gen", key, asdict(reply)):
-            store.add_usage(job_id, teacher_name, requests=reply.n_samples,
-                            completion_tokens=reply.completion_tokens)
-        result = store.get_result(job_id, "gen", key)
-        if not store.is_active(job_id):  # cancelled while the teacher was answering
+    prompt_ids = list(dict.fromkeys(p for p, _ in pairs))
+    prompts = dict(zip(prompt_ids, store.prompts(job_id, prompt_ids)))
+    pool = rt.teachers()
+    failed: dict[str, str] = {}
+    todo = []
+    for (p, t), key in zip(pairs, keys):
+        if key in answers:
+            continue
+        if t not in pool:
+            failed[key] = f"teacher {t!r} is not in the pool"
+        else:
+            todo.append((p, t, key))
+    retry: list[tuple[str, str]] = []
+    if todo:
+        store.count_attempts(job_id, [key for _, _, key in todo])
+        fresh, retry = _ask(task, spec, prompts, pool, todo, failed)
+        written = store.put_results(job_id, "gen", fresh)
+        for teacher in {t for _, t, _ in todo}:
+            mine = [fresh[k] for _, t, k in todo if t == teacher and written.get(k)]
+            if mine:
+                store.add_usage(job_id, teacher, requests=sum(a["n_samples"] for a in mine),
+                                completion_tokens=sum(a["completion_tokens"] for a in mine))
+        answers = store.results_for(job_id, "gen", keys)
+        if not store.is_active(job_id):  # cancelled while the teachers were answering
             return "skipped: job ended"
     if stage == "generate" and spec.get("strategy", "persyn") not in GENERATE_THEN_SELECT:
-        store.put_row(job_id, {"id": prompt_id, "prompt": prompt["prompt"], "response": result["text"],
-                               "teacher": teacher_name, "verified": result["verified"], "source": "routed"})
-    rt.finish_item(job_id, stage, key)
-    return "done"
+        store.put_rows(job_id, [
+            {"id": p, "prompt": prompts[p]["prompt"], "response": answers[k]["text"], "teacher": t,
+             "verified": answers[k]["verified"], "source": "routed"}
+            for (p, t), k in zip(pairs, keys) if k in answers])
+    pending = {item_key(p, t) for p, t in retry}
+    outcomes = [(k, k in answers, failed.get(k)) for k in keys if k not in pending]
+    rt.finish_items(job_id, stage, outcomes, unit=None if retry else unit)
+    if retry:
+        raise task.retry(args=[job_id, stage, unit, [list(x) for x in retry]],
+                         countdown=min(60, 2 ** task.request.retries))
+    return "done" if not failed else f"done, {len(failed)} failed"
+
+
+def _ask(task, spec: dict, prompts: dict, pool: dict, todo: list[tuple[str, str, str]],
+         failed: dict[str, str]) -> tuple[dict[str, dict], list[tuple[str, str]]]:
+    """Ask every (prompt, teacher) of ``todo`` concurrently; returns the answers by key and the
+    pairs to retry (transient errors while retries are left). Other errors land in ``failed``."""
+    def one(item):
+        p, t, _ = item
+        teacher = pool[t]
+        return answer(teacher, p, prompts[p]["prompt"], prompts[p].get("reference"), seed=spec.get("seed", 0),
+                      client=rt.client(teacher.base_url, teacher.model))
+
+    fresh: dict[str, dict] = {}
+    retry: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=min(len(todo), rt.settings().chunk_parallel)) as threads:
+        futures = [(item, threads.submit(one, item)) for item in todo]
+        for (p, t, key), future in futures:
+            try:
+                fresh[key] = asdict(future.result())
+            except Exception as exc:  # noqa: BLE001 - every teacher failure is either retried or recorded
+                if _transient(exc) and task.request.retries < task.max_retries:
+                    retry.append((p, t))
+                else:
+                    failed[key] = f"{type(exc).__name__}: {exc}"
+    return fresh, retry

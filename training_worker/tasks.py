@@ -11,7 +11,15 @@ import numpy as np
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
 from services.jobs.leases import TRANSIENT_REDIS_ERRORS
-from services.jobs.stages import ROUTE_TASK, TRAIN_TASK, conclude, job_teachers
+from services.jobs.stages import (
+    ROUTE_TASK,
+    TRAIN_TASK,
+    conclude,
+    enqueue_many,
+    job_teachers,
+    plan_routed_generation,
+    routing_failure_items,
+)
 from services.method.gate import GateResult, best_single_teacher, hits_of_choice, publish_gate
 from services.method.pairs import make_pairs
 from services.method.rewards import mean_per_teacher
@@ -118,7 +126,7 @@ def _train(job_id: str) -> str:
         except TRANSIENT_REDIS_ERRORS:
             raise  # retried by run_item
         except Exception as exc:  # noqa: BLE001 - one item: the job ends with the reason, never hangs
-            conclude(store, job_id, error=f"router training: {type(exc).__name__}: {exc}")
+            conclude(store, job_id, error=f"router training: {type(exc).__name__}: {exc}", settings=settings)
             return "failed"
         metrics["calibration_stats"] = {
             name: dict(zip(teachers, np.nan_to_num(mean_per_teacher(mats[name]), nan=0.0).tolist()))
@@ -176,23 +184,32 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
 
 
 @app.task(name=ROUTE_TASK)
-def route(job_id: str) -> str:
-    return rt.run_item(job_id, "route", "all", lambda: _route(job_id))
+def route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
+    return rt.run_item(job_id, "route", unit, lambda: _route(job_id, unit, prompt_ids))
 
 
-def _route(job_id: str) -> str:
-    store = rt.store()
+def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
+    """Route one chunk of prompts, then start their generation at once."""
+    store, settings = rt.store(), rt.settings()
     if not store.is_active(job_id):
         return "skipped: job ended"
-    prompts = store.prompts(job_id, store.unserved_prompt_ids(job_id))
-    try:
-        teachers = _assign(job_id, prompts) if prompts else []
-    except TRANSIENT_REDIS_ERRORS:
-        raise  # retried by run_item
-    except Exception as exc:  # noqa: BLE001 - one item: the job ends with the reason, never hangs
-        conclude(store, job_id, error=f"routing: {type(exc).__name__}: {exc}")
-        return "failed"
-    for p, t in zip(prompts, teachers):
-        store.put_result(job_id, "assign", p["id"], {"teacher": t})
-    rt.finish_item(job_id, "route", "all")
+    assigned = store.results_for(job_id, "assign", prompt_ids)
+    todo = [pid for pid in prompt_ids if pid not in assigned]
+    if todo:
+        prompts = store.prompts(job_id, todo)
+        try:
+            teachers = _assign(job_id, prompts)
+        except TRANSIENT_REDIS_ERRORS:
+            raise  # retried by run_item
+        except Exception as exc:  # noqa: BLE001 - the chunk's prompts fail with the reason, the job goes on
+            reason = f"routing: {type(exc).__name__}: {exc}"
+            rt.finish_item(job_id, "route", unit, ok=False, error=reason)
+            rt.finish_items(job_id, "generate", [(item, False, reason) for item in routing_failure_items(todo)])
+            return "failed"
+        store.put_results(job_id, "assign", {p["id"]: {"teacher": t} for p, t in zip(prompts, teachers)})
+        assigned = store.results_for(job_id, "assign", prompt_ids)
+    messages = plan_routed_generation(store, settings, job_id, unit,
+                                      [(pid, assigned[pid]["teacher"]) for pid in prompt_ids])
+    rt.finish_item(job_id, "route", unit)
+    enqueue_many(messages)
     return "done"

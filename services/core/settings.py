@@ -65,6 +65,18 @@ class Settings:
     max_redeliveries: int = 3  # watchdog requeues of one item before it fails with the reason
     router_min_prompts: int = 10  # publish gate: scored calibration prompts a router needs to be activated
     router_min_pairs: int = 20  # publish gate: Bradley-Terry training pairs it needs
+    chunk_items: int = 32  # prompt-teacher items per generation task (one lease, pipelined Redis writes)
+    chunk_parallel: int = 16  # teacher requests one generation task keeps in flight
+    route_chunk_prompts: int = 2048  # prompts per routing task; generation starts as each chunk is routed
+    job_working_ttl_s: int = 3600  # after a job ends, its working state (plans, leases, answers) expires
+    job_retention_s: int = 7 * 86400  # ... and its record and dataset after this long
+
+    def __post_init__(self):
+        for name in ("chunk_items", "chunk_parallel", "route_chunk_prompts", "job_working_ttl_s", "job_retention_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{ENV_VARS[name]} must be at least 1, got {getattr(self, name)}")
+        if self.job_retention_s < self.job_working_ttl_s:
+            raise ValueError("PERSYN_JOB_RETENTION_S must not be shorter than PERSYN_JOB_WORKING_TTL_S")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -107,6 +119,11 @@ ENV_VARS = {
     "watchdog_interval_s": "PERSYN_WATCHDOG_INTERVAL_S",
     "redis_retry_s": "PERSYN_REDIS_RETRY_S",
     "max_redeliveries": "PERSYN_MAX_REDELIVERIES",
+    "chunk_items": "PERSYN_CHUNK_ITEMS",
+    "chunk_parallel": "PERSYN_CHUNK_PARALLEL",
+    "route_chunk_prompts": "PERSYN_ROUTE_CHUNK_PROMPTS",
+    "job_working_ttl_s": "PERSYN_JOB_WORKING_TTL_S",
+    "job_retention_s": "PERSYN_JOB_RETENTION_S",
     "router_min_prompts": "PERSYN_ROUTER_MIN_PROMPTS",
     "router_min_pairs": "PERSYN_ROUTER_MIN_PAIRS",
 }

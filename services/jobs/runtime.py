@@ -95,14 +95,34 @@ def finish_item(job_id: str, stage: str, item: str, *, ok: bool = True, error: s
         advance(store(), job_id, stage, settings())
 
 
-def run_item(job_id: str, stage: str, item: str, body: Callable[[], str]) -> str:
+def finish_items(job_id: str, stage: str, outcomes: list[tuple[str, bool, str | None]], *,
+                 unit: str | None = None) -> None:
+    """:func:`finish_item` for many items (item, ok, error) in a few round trips; ``unit`` (a chunk's
+    id) is recorded as finished with them."""
+    from services.jobs.stages import advance, failure_owner
+
+    failed = [(item, error) for item, ok, error in outcomes if not ok]
+    if failed:  # counted before the items, so the job never ends without its failure reasons
+        items_key = store()._k("job", job_id, "stage", stage, "items")
+        seen = store().r.smismember(items_key, [item for item, _ in failed])
+        for (item, error), already in zip(failed, seen):
+            if not already:
+                leases().count_failure(job_id, failure_owner(stage, item), error or "failed")
+    completed, _ = store().mark_items(job_id, stage, outcomes, unit=unit)
+    if completed:
+        advance(store(), job_id, stage, settings())
+
+
+def run_item(job_id: str, stage: str, item: str, body: Callable[[], str], *,
+             items: list[str] | None = None) -> str:
     """Run one item's task body under its lease, retrying the whole body through Redis errors.
 
     The body is idempotent (it skips work whose result exists), so rerunning it after Redis
     came back is safe. Past ``PERSYN_REDIS_RETRY_S`` the error is raised: Celery acks the
     message, and the lapsed lease (or the item missing from an empty queue) brings the watchdog
     to requeue it, so no item is acked and forgotten. Any other error the body did not handle
-    fails the item with that error (requeueing would only meet it again).
+    fails the item with that error (requeueing would only meet it again). ``items``: what the
+    unit ``item`` counts when it is a chunk (default: itself).
     """
     from celery import current_task
     from celery.exceptions import Retry
@@ -130,5 +150,9 @@ def run_item(job_id: str, stage: str, item: str, body: Callable[[], str]) -> str
             delay = min(delay * 2, 5.0)
         except Exception as exc:  # noqa: BLE001 - an unexpected error fails its item, with the reason, once
             log.exception("job %s %s %s failed", job_id, stage, item)
-            finish_item(job_id, stage, item, ok=False, error=f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            if items is None:
+                finish_item(job_id, stage, item, ok=False, error=reason)
+            else:
+                finish_items(job_id, stage, [(i, False, reason) for i in items], unit=item)
             return "failed"

@@ -6,9 +6,15 @@ item once (:meth:`JobStore.mark_item`), and the one task that finishes a stage c
 
 - ``calibrate``: calibration.generate (prompt x teacher) -> calibration.score (prompt)
   -> train (one router version) -> done.
-- ``synthesize``: route (one task) -> generate (prompt, its teacher) -> done; for the
-  generate-then-select strategies (oracle, scas): generate (prompt x teacher) -> select
-  (prompt) -> done.
+- ``synthesize``: route and generate together: each routing task takes a chunk of prompts
+  (``PERSYN_ROUTE_CHUNK_PROMPTS``) and enqueues the generation of its prompts as soon as they
+  are routed (prompt, its teacher) -> done; for the generate-then-select strategies (oracle,
+  scas): generate (prompt x teacher) -> select (prompt) -> done.
+
+Generation runs in chunks: one task, one lease and a few pipelined Redis round trips for
+``PERSYN_CHUNK_ITEMS`` prompt-teacher items (its teachers asked concurrently). Progress is
+counted per item; a chunk's id joins its stage's item set uncounted when the chunk is done, so
+the watchdog sees it finished.
 - ``persyn``: the calibrate stages first when the student has no router (its
   calibration prompts keep their best parallel answer), then the synthesize stages.
 """
@@ -39,9 +45,32 @@ ROUTE_TASK = "persyn.training.route"
 
 def enqueue(task: str, args: list, queue: str) -> None:
     """Send a task by name (the gateway never imports worker code)."""
+    enqueue_many([(task, args, queue)])
+
+
+def enqueue_many(messages: list[tuple[str, list, str]]) -> None:
+    """Send many tasks over one broker connection."""
     from services.jobs.celery_app import app
 
-    app.send_task(task, args=args, queue=queue)
+    with app.producer_or_acquire() as producer:
+        for task, args, queue in messages:
+            app.send_task(task, args=args, queue=queue, producer=producer)
+
+
+def generation_units(job_id: str, stage: str, pairs: list[tuple[str, str]], size: int,
+                     tag: str) -> list[tuple[str, str, list, str]]:
+    """(unit, task, args, queue) per chunk of ``size`` (prompt, teacher) pairs; ``tag`` makes unit ids
+    unique in the stage."""
+    return [(f"{tag}{i // size:05d}", GENERATE_TASK, [job_id, stage, f"{tag}{i // size:05d}",
+                                                      [list(x) for x in pairs[i:i + size]]], "generation")
+            for i in range(0, len(pairs), size)]
+
+
+def unit_items(unit: str, task: str, args: list) -> list[str]:
+    """The items a planned unit counts: a generation chunk its (prompt, teacher) items, others themselves."""
+    if task == GENERATE_TASK:
+        return [item_key(p, t) for p, t in args[3]]
+    return [unit]
 
 
 def item_key(prompt_id: str, teacher: str) -> str:
@@ -93,17 +122,17 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
 
 
 def _start(store: JobStore, settings: Settings, job_id: str, stage: str,
-           items: list[tuple[str, str, list, str]]) -> None:
-    """Open ``stage`` and enqueue its (item, task, args, queue) items; an empty stage ends at once.
+           units: list[tuple[str, str, list, str]], total: int | None = None) -> None:
+    """Open ``stage`` with ``total`` items (default: one per unit) and enqueue its (unit, task, args,
+    queue) units; an empty stage ends at once.
 
-    The plan is written first, so the watchdog can requeue any item whose message never
+    The plan is written first, so the watchdog can requeue any unit whose message never
     made it (the enqueuing task lost Redis half-way)."""
-    Leases(store).record_plan(job_id, stage, items)
-    if not store.start_stage(job_id, stage, len(items)):
+    Leases(store).record_plan(job_id, stage, units)
+    if not store.start_stage(job_id, stage, len(units) if total is None else total):
         return  # a redelivered task already opened it
-    for _, task, args, queue in items:
-        enqueue(task, args, queue)
-    if not items:  # nothing to do: the stage is already finished
+    enqueue_many([(task, args, queue) for _, task, args, queue in units])
+    if not units:  # nothing to do: the stage is already finished
         advance(store, job_id, stage, settings)
 
 
@@ -128,9 +157,10 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
         store.set_state(job_id, "running")
         if calibration:
             teachers = [t.name for t in job_teachers(store, settings, job_id)]
+            pairs = [(pid, t) for pid in calibration for t in teachers]
             _start(store, settings, job_id, "calibration.generate",
-                   [(item_key(pid, t), GENERATE_TASK, [job_id, "calibration.generate", pid, t], "generation")
-                    for pid in calibration for t in teachers])
+                   generation_units(job_id, "calibration.generate", pairs, settings.chunk_items, "c"),
+                   total=len(pairs))
         else:
             _start_synthesis(store, settings, job_id, strategy)
     elif completed == "calibration.generate":
@@ -140,39 +170,68 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
         _start(store, settings, job_id, "train", [("router", TRAIN_TASK, [job_id], "training")])
     elif completed == "train":
         if kind == "calibrate":
-            conclude(store, job_id)
+            conclude(store, job_id, settings=settings)
         else:
             _start_synthesis(store, settings, job_id, strategy)
     elif completed == "route":
-        assigned = store.get_results(job_id, "assign")
-        _start(store, settings, job_id, "generate",
-               [(item_key(pid, a["teacher"]), GENERATE_TASK, [job_id, "generate", pid, a["teacher"]], "generation")
-                for pid, a in sorted(assigned.items())])
+        pass  # each routing chunk started the generation of its prompts; the generate stage ends the job
     elif completed == "generate" and strategy in GENERATE_THEN_SELECT:
         _start(store, settings, job_id, "select",
                [(pid, SCORE_TASK, [job_id, "select", pid], "scoring") for pid in store.unserved_prompt_ids(job_id)])
     elif completed in ("generate", "select"):
-        conclude(store, job_id)
+        conclude(store, job_id, settings=settings)
 
 
 def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy: str) -> None:
+    prompt_ids = store.unserved_prompt_ids(job_id)
     if strategy in GENERATE_THEN_SELECT:
         teachers = [t.name for t in job_teachers(store, settings, job_id)]
+        pairs = [(pid, t) for pid in prompt_ids for t in teachers]
         _start(store, settings, job_id, "generate",
-               [(item_key(pid, t), GENERATE_TASK, [job_id, "generate", pid, t], "generation")
-                for pid in store.unserved_prompt_ids(job_id) for t in teachers])
-    else:
-        _start(store, settings, job_id, "route", [("all", ROUTE_TASK, [job_id], "training")])
+               generation_units(job_id, "generate", pairs, settings.chunk_items, "g"), total=len(pairs))
+        return
+    size = settings.route_chunk_prompts
+    units = [(f"r{i // size:05d}", ROUTE_TASK, [job_id, f"r{i // size:05d}", prompt_ids[i:i + size]], "training")
+             for i in range(0, len(prompt_ids), size)]
+    leases = Leases(store)
+    leases.record_plan(job_id, "route", units)
+    leases.record_plan(job_id, "generate", [])
+    if not store.start_stage(job_id, "route", len(units)):
+        return  # a redelivered task already opened it
+    store.start_stage(job_id, "generate", len(prompt_ids))  # filled as the routing chunks finish
+    enqueue_many([(task, args, queue) for _, task, args, queue in units])
+    if not units:
+        conclude(store, job_id, settings=settings)
+
+
+def plan_routed_generation(store: JobStore, settings: Settings, job_id: str, route_unit: str,
+                           assigned: list[tuple[str, str]]) -> list[tuple[str, list, str]]:
+    """Plan the generation of one routing chunk's (prompt, teacher) pairs; returns the messages to
+    send once the chunk is counted (planned first, so the watchdog finds any that never left)."""
+    units = generation_units(job_id, "generate", assigned, settings.chunk_items, f"{route_unit}-")
+    Leases(store).record_plan(job_id, "generate", units)
+    return [(task, args, queue) for _, task, args, queue in units]
+
+
+def routing_failure_items(prompt_ids: list[str]) -> list[str]:
+    """The generate-stage items that stand for prompts whose routing failed (counted failed, so
+    the generate stage still ends)."""
+    return [item_key(pid, UNROUTED) for pid in prompt_ids]
+
+
+#: The "teacher" of a generate item whose prompt could not be routed.
+UNROUTED = "(unrouted)"
 
 
 def failure_owner(stage: str, item: str) -> str:
     """Whom a failed item is put down to: its teacher for generation items, else its stage."""
     if stage.endswith("generate") and "|" in item:
-        return item.rsplit("|", 1)[1]
+        teacher = item.rsplit("|", 1)[1]
+        return "stage:route" if teacher == UNROUTED else teacher
     return f"stage:{stage}"
 
 
-def conclude(store: JobStore, job_id: str, *, error: str | None = None) -> str:
+def conclude(store: JobStore, job_id: str, *, error: str | None = None, settings: Settings | None = None) -> str:
     """End the job in the state its output earns; returns the state.
 
     ``succeeded``: every prompt has its row (a calibrate job: its router was trained) and no
@@ -185,7 +244,7 @@ def conclude(store: JobStore, job_id: str, *, error: str | None = None) -> str:
     if job["kind"] == "calibrate":
         produced = bool(job.get("router_version"))
     else:
-        n, rows = len(store.prompt_ids(job_id)), store.row_count(job_id)
+        n, rows = store.prompt_count(job_id), store.row_count(job_id)
         produced = rows > 0
         if rows < n:
             reasons.append(f"{n - rows} of {n} prompts have no row")
@@ -197,7 +256,33 @@ def conclude(store: JobStore, job_id: str, *, error: str | None = None) -> str:
     state = "succeeded" if not reasons else "partial" if produced else "failed"
     store.set_state(job_id, state, error="; ".join(reasons) if reasons else None)
     leases.forget_job(job_id)
+    expire_finished(store, job_id, settings or Settings.from_env())
     return state
+
+
+def expire_finished(store: JobStore, job_id: str, settings: Settings) -> None:
+    """A job that ended keeps its working state (answers, scores, plans, leases) for
+    ``job_working_ttl_s`` and its record, progress and dataset for ``job_retention_s``; then
+    nothing of it is left in Redis."""
+    stages = store.r.lrange(store._k("job", job_id, "stages"), 0, -1)
+    working = [store._k("job", job_id, "results", kind) for kind in ("gen", "score", "assign")]
+    working += [store._k("job", job_id, "attempts"), store._k("job", job_id, "redeliveries")]
+    retained = [store._k("job", job_id)] + [store._k("job", job_id, part) for part in (
+        "prompts", "order", "stages", "errors", "rows", "alloc", "usage", "failures")]
+    for stage in stages:
+        working += [store._k("job", job_id, "stage", stage, "items")]
+        working += [store._k("job", job_id, part, stage) for part in ("plan", "inflight", "retrying", "suspects")]
+        working += [store._k("job", job_id, "plan", stage, "queues")]
+        retained += [store._k("job", job_id, "stage", stage), store._k("job", job_id, "health", stage)]
+    pipe = store.r.pipeline(transaction=False)
+    for key in working:
+        pipe.expire(key, settings.job_working_ttl_s)
+    for key in retained:
+        pipe.expire(key, settings.job_retention_s)
+    # the job index forgets jobs past their retention, and goes itself when no job ended for that long
+    pipe.zremrangebyscore(store._k("jobs"), "-inf", time.time() - settings.job_retention_s)
+    pipe.expire(store._k("jobs"), settings.job_retention_s)
+    pipe.execute()
 
 
 def describe_job(store: JobStore, job_id: str, settings: Settings | None = None) -> dict:
@@ -212,10 +297,12 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
              for t, u in store.usage(job_id).items()}
     leases = Leases(store)
     stages = [{**s, **leases.stage_health(job_id, s["stage"])} for s in store.stage_progress(job_id)]
+    running = [s["stage"] for s in stages if s["finished"] is None]
     return {
-        "id": job_id, "kind": job["kind"], "state": job["state"], "stage": job["stage"] or None,
+        "id": job_id, "kind": job["kind"], "state": job["state"],
+        "stage": (running[0] if running else job["stage"]) or None,
         "student_id": spec["student_id"], "spec": {k: v for k, v in spec.items() if k != "calibration"},
-        "n_prompts": len(store.prompt_ids(job_id)), "n_calibration": len(spec.get("calibration", [])),
+        "n_prompts": store.prompt_count(job_id), "n_calibration": len(spec.get("calibration", [])),
         "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),
         "router_version": job.get("router_version") or None,
@@ -229,7 +316,9 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
 def cancel_job(store: JobStore, job_id: str, settings: Settings | None = None) -> dict:
     """Stop a job: its queued tasks see the state and do nothing; its rows stay downloadable."""
     store.job_record(job_id)
-    store.set_state(job_id, "cancelled")
+    if store.set_state(job_id, "cancelled"):
+        Leases(store).forget_job(job_id)
+        expire_finished(store, job_id, settings or Settings.from_env())
     return describe_job(store, job_id, settings)
 
 

@@ -33,6 +33,26 @@ if seen >= total and redis.call('HSETNX', KEYS[2], 'finished', ARGV[3]) == 1 the
 return 0
 """
 
+#: Count many items at once (ARGV: now, unit or "", then item, outcome pairs); returns
+#: {completed, new_1, ..., new_n}: whether this call completed the stage, and which items were new.
+#: A non-empty unit (a chunk task's id) joins the stage's set uncounted, so the watchdog sees it finished.
+_MARK_ITEMS = """
+local new = {0}
+for i = 3, #ARGV, 2 do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    new[#new + 1] = 1
+  else
+    new[#new + 1] = 0
+  end
+end
+if ARGV[2] ~= '' then redis.call('SADD', KEYS[1], ARGV[2]) end
+local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
+local seen = tonumber(redis.call('HGET', KEYS[2], 'done') or '0') + tonumber(redis.call('HGET', KEYS[2], 'failed') or '0')
+if seen >= total and redis.call('HSETNX', KEYS[2], 'finished', ARGV[1]) == 1 then new[1] = 1 end
+return new
+"""
+
 
 class NotFound(KeyError):
     """An unknown student, router version or job."""
@@ -47,6 +67,7 @@ class JobStore:
         self.r = client
         self.p = prefix
         self._mark_item = client.register_script(_MARK_ITEM)
+        self._mark_items = client.register_script(_MARK_ITEMS)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "persyn") -> "JobStore":
@@ -119,7 +140,7 @@ class JobStore:
         pipe = self.r.pipeline()
         pipe.hset(self._k("job", job_id), mapping={
             "id": job_id, "kind": kind, "state": "queued", "stage": "", "spec": json.dumps(spec),
-            "created": now, "updated": now, "error": ""})
+            "n_prompts": len(prompts), "created": now, "updated": now, "error": ""})
         for start in range(0, len(prompts), 1000):
             chunk = prompts[start:start + 1000]
             pipe.hset(self._k("job", job_id, "prompts"), mapping={p["id"]: json.dumps(p) for p in chunk})
@@ -140,6 +161,9 @@ class JobStore:
 
     def prompt_ids(self, job_id: str) -> list[str]:
         return self.r.lrange(self._k("job", job_id, "order"), 0, -1)
+
+    def prompt_count(self, job_id: str) -> int:
+        return int(self.r.llen(self._k("job", job_id, "order")))
 
     def prompts(self, job_id: str, ids: list[str] | None = None) -> list[dict]:
         ids = self.prompt_ids(job_id) if ids is None else ids
@@ -199,6 +223,22 @@ class JobStore:
                          json.dumps({"stage": stage, "item": item, "error": error or "failed", "at": _now()}))
         return result == 1
 
+    def mark_items(self, job_id: str, stage: str, outcomes: list[tuple[str, bool, str | None]], *,
+                   unit: str | None = None) -> tuple[bool, list[bool]]:
+        """Count many finished items (item, ok, error) in one round trip, each once; returns whether
+        this call completed the stage, and which items it counted (False: counted before).
+        ``unit``: the chunk these items came in, recorded as finished for the watchdog."""
+        args: list = [_now(), unit or ""]
+        for item, ok, _ in outcomes:
+            args += [item, "done" if ok else "failed"]
+        completed, *new = self._mark_items(keys=[self._k("job", job_id, "stage", stage, "items"),
+                                                 self._k("job", job_id, "stage", stage)], args=args)
+        errors = [json.dumps({"stage": stage, "item": item, "error": error or "failed", "at": _now()})
+                  for (item, ok, error), fresh in zip(outcomes, new) if fresh and not ok]
+        if errors:
+            self.r.rpush(self._k("job", job_id, "errors"), *errors)
+        return completed == 1, [bool(x) for x in new]
+
     def stage_progress(self, job_id: str) -> list[dict]:
         out = []
         for stage in self.r.lrange(self._k("job", job_id, "stages"), 0, -1):
@@ -227,6 +267,22 @@ class JobStore:
         raw = self.r.hget(self._k("job", job_id, "results", kind), key)
         return json.loads(raw) if raw else None
 
+    def put_results(self, job_id: str, kind: str, values: dict[str, dict]) -> dict[str, bool]:
+        """:meth:`put_result` for many keys in one round trip; key -> whether this write counted."""
+        if not values:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for key, value in values.items():
+            pipe.hsetnx(self._k("job", job_id, "results", kind), key, json.dumps(value))
+        return {key: bool(x) for key, x in zip(values, pipe.execute())}
+
+    def results_for(self, job_id: str, kind: str, keys: list[str]) -> dict[str, dict]:
+        """The stored results among ``keys`` (missing ones are left out)."""
+        if not keys:
+            return {}
+        raw = self.r.hmget(self._k("job", job_id, "results", kind), keys)
+        return {k: json.loads(v) for k, v in zip(keys, raw) if v}
+
     def get_results(self, job_id: str, kind: str) -> dict[str, dict]:
         return {k: json.loads(v) for k, v in self.r.hgetall(self._k("job", job_id, "results", kind)).items()}
 
@@ -236,6 +292,24 @@ class JobStore:
             return False
         self.r.hincrby(self._k("job", job_id, "alloc"), row["teacher"], 1)
         return True
+
+    def put_rows(self, job_id: str, rows: list[dict]) -> int:
+        """:meth:`put_row` for many rows in two round trips; returns how many were new."""
+        if not rows:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for row in rows:
+            pipe.hsetnx(self._k("job", job_id, "rows"), row["id"], json.dumps(row))
+        fresh = [row for row, new in zip(rows, pipe.execute()) if new]
+        counts: dict[str, int] = {}
+        for row in fresh:
+            counts[row["teacher"]] = counts.get(row["teacher"], 0) + 1
+        if counts:
+            pipe = self.r.pipeline(transaction=False)
+            for teacher, n in counts.items():
+                pipe.hincrby(self._k("job", job_id, "alloc"), teacher, n)
+            pipe.execute()
+        return len(fresh)
 
     def unserved_prompt_ids(self, job_id: str) -> list[str]:
         """Prompts without a dataset row yet, in the job's order."""
@@ -270,9 +344,13 @@ class JobStore:
             out.setdefault(teacher, {})[name] = int(value)
         return out
 
-    def count_attempt(self, job_id: str, item: str) -> int:
-        """Count a real generation call for ``item`` (how many times a teacher was asked)."""
-        return int(self.r.hincrby(self._k("job", job_id, "attempts"), item, 1))
+    def count_attempts(self, job_id: str, items: list[str]) -> None:
+        """:meth:`count_attempt` for many items in one round trip."""
+        if items:
+            pipe = self.r.pipeline(transaction=False)
+            for item in items:
+                pipe.hincrby(self._k("job", job_id, "attempts"), item, 1)
+            pipe.execute()
 
     def attempts(self, job_id: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(self._k("job", job_id, "attempts")).items()}

@@ -47,7 +47,7 @@ def queue_length(queue: str) -> int:
 
 def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
     """One pass over every active job; returns what it did (for logs and tests)."""
-    from services.jobs.stages import advance, enqueue
+    from services.jobs.stages import advance
 
     leases = Leases(store)
     did = {"redelivered": 0, "given_up": 0, "advanced": 0}
@@ -55,56 +55,72 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
         if not store.job_exists(job_id) or not store.is_active(job_id):
             leases.forget_job(job_id)
             continue
-        stage = store.job_record(job_id)["stage"]
-        if not stage:
+        progress = store.stage_progress(job_id)
+        if not progress:
             continue
-        progress = store.r.hgetall(store._k("job", job_id, "stage", stage))
-        if progress.get("finished"):
-            if time.time() - float(progress["finished"]) > settings.watchdog_interval_s:
-                log.warning("job %s: stage %s finished but the job did not move on; advancing", job_id, stage)
-                advance(store, job_id, stage, settings)
+        last = progress[-1]
+        if last["finished"] is not None:
+            if time.time() - last["finished"] > settings.watchdog_interval_s:
+                log.warning("job %s: stage %s finished but the job did not move on; advancing", job_id, last["stage"])
+                advance(store, job_id, last["stage"], settings)
                 did["advanced"] += 1
             continue
-        flying = sorted(leases.in_flight(job_id, stage))
-        landed = leases.finished(job_id, stage, flying)
-        leases.drop_in_flight(job_id, stage, sorted(landed))
-        flying = [item for item in flying if item not in landed]
-        stalled = set(flying) - leases.live(job_id, stage, flying)
-        plan: dict = {}
-        if not any(queue_length(q) for q in leases.plan_queues(job_id, stage)):
-            # nothing left in the queue, yet these have no lease: lost unless about to start, so
-            # an item seen so on two passes in a row is requeued
-            plan = leases.plan(job_id, stage)
-            done = store.r.smembers(store._k("job", job_id, "stage", stage, "items"))
-            waiting = [item for item in plan if item not in done and item not in stalled]
-            unleased = set(waiting) - leases.live(job_id, stage, waiting)
-            stalled |= leases.swap_suspects(job_id, stage, unleased)
-        if not plan:  # the whole plan is read only when the stage's queues are empty
-            plan = leases.plan(job_id, stage, sorted(stalled))
-        for item in sorted(stalled):
-            if item not in plan:
-                continue
-            task, args, queue = plan[item]
-            if leases.redeliveries(job_id, stage, item) >= settings.max_redeliveries:
-                _give_up(store, leases, settings, job_id, stage, item)
-                did["given_up"] += 1
-                continue
-            n = leases.count_redelivery(job_id, stage, item)
-            log.warning("job %s: requeueing %s item %s (redelivery %d)", job_id, stage, item, n)
-            enqueue(task, args, queue)
-            did["redelivered"] += 1
+        for stage in [s["stage"] for s in progress if s["finished"] is None]:  # routing and generation overlap
+            _sweep_stage(store, settings, leases, job_id, stage, did)
     return did
 
 
-def _give_up(store: JobStore, leases: Leases, settings: Settings, job_id: str, stage: str, item: str) -> None:
+def _sweep_stage(store: JobStore, settings: Settings, leases: Leases, job_id: str, stage: str,
+                 did: dict[str, int]) -> None:
+    """Requeue the stalled and lost units of one open stage (or give them up)."""
+    from services.jobs.stages import enqueue, unit_items
+
+    flying = sorted(leases.in_flight(job_id, stage))
+    landed = leases.finished(job_id, stage, flying)
+    leases.drop_in_flight(job_id, stage, sorted(landed))
+    flying = [unit for unit in flying if unit not in landed]
+    stalled = set(flying) - leases.live(job_id, stage, flying)
+    plan: dict = {}
+    if not any(queue_length(q) for q in leases.plan_queues(job_id, stage)):
+        # nothing left in the queue, yet these have no lease: lost unless about to start, so
+        # a unit seen so on two passes in a row is requeued
+        plan = leases.plan(job_id, stage)
+        done = store.r.smembers(store._k("job", job_id, "stage", stage, "items"))
+        waiting = [unit for unit in plan if unit not in done and unit not in stalled]
+        unleased = set(waiting) - leases.live(job_id, stage, waiting)
+        stalled |= leases.swap_suspects(job_id, stage, unleased)
+    if not plan:  # the whole plan is read only when the stage's queues are empty
+        plan = leases.plan(job_id, stage, sorted(stalled))
+    for unit in sorted(stalled):
+        if unit not in plan:
+            continue
+        task, args, queue = plan[unit]
+        if leases.redeliveries(job_id, stage, unit) >= settings.max_redeliveries:
+            _give_up(store, leases, settings, job_id, stage, unit, unit_items(unit, task, args))
+            did["given_up"] += 1
+            continue
+        n = leases.count_redelivery(job_id, stage, unit)
+        log.warning("job %s: requeueing %s unit %s (redelivery %d)", job_id, stage, unit, n)
+        enqueue(task, args, queue)
+        did["redelivered"] += 1
+
+
+def _give_up(store: JobStore, leases: Leases, settings: Settings, job_id: str, stage: str, unit: str,
+             items: list[str]) -> None:
+    """Fail what is left of a unit no worker could finish (its items, a chunk's id with them)."""
     from services.jobs.stages import advance, failure_owner
 
     reason = (f"no worker finished this item after {settings.max_redeliveries} redeliveries "
               f"(each lost its lease: worker died or lost Redis)")
     leases.count(job_id, stage, "given_up")
-    leases.drop_in_flight(job_id, stage, [item])
-    leases.count_failure(job_id, failure_owner(stage, item), reason)
-    if store.mark_item(job_id, stage, item, ok=False, error=reason):
+    leases.drop_in_flight(job_id, stage, [unit])
+    seen = store.r.smismember(store._k("job", job_id, "stage", stage, "items"), items)
+    left = [item for item, counted in zip(items, seen) if not counted]
+    for item in left:
+        leases.count_failure(job_id, failure_owner(stage, item), reason)
+    completed, _ = store.mark_items(job_id, stage, [(item, False, reason) for item in left],
+                                    unit=unit if items != [unit] else None)
+    if completed:
         advance(store, job_id, stage, settings)
 
 

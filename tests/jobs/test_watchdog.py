@@ -34,7 +34,7 @@ def _generating_job(store: JobStore, n: int) -> str:
     prompts = [{"id": f"p{i}", "prompt": f"question {i}"} for i in range(n)]
     job_id = store.create_job("synthesize", {"student_id": "s", "strategy": "random"}, prompts)
     store.set_state(job_id, "running")
-    items = [(f"p{i}|t", GENERATE_TASK, [job_id, "generate", f"p{i}", "t"], f"{store.p}-generation")
+    items = [(f"p{i}|t", GENERATE_TASK, [job_id, "generate", f"p{i}|t", [[f"p{i}", "t"]]], f"{store.p}-generation")
              for i in range(n)]
     Leases(store).record_plan(job_id, "generate", items)
     store.start_stage(job_id, "generate", n)
@@ -87,3 +87,29 @@ def test_a_live_lease_is_left_alone_and_a_finished_stage_is_advanced(store):
     job = describe_job(store, job_id, settings)
     assert job["state"] == "succeeded" and job["error"] is None and job["rows"] == 2
     assert job["id"] not in leases.active_jobs()
+
+
+def test_a_chunk_given_up_fails_only_its_unfinished_items(store):
+    """A generation chunk is one unit with many items: what it finished stays, the rest fails."""
+    from services.jobs.stages import generation_units
+
+    settings = Settings(key_prefix=store.p, max_redeliveries=1, watchdog_interval_s=1)
+    leases = Leases(store)
+    prompts = [{"id": f"p{i}", "prompt": f"question {i}"} for i in range(4)]
+    job_id = store.create_job("synthesize", {"student_id": "s", "strategy": "random"}, prompts)
+    store.set_state(job_id, "running")
+    units = generation_units(job_id, "generate", [(f"p{i}", "t") for i in range(4)], 3, "g")
+    assert [u[0] for u in units] == ["g00000", "g00001"]
+    leases.record_plan(job_id, "generate", units)
+    store.start_stage(job_id, "generate", 4)
+    for i in (0, 3):  # p0 of the first chunk, and the whole second chunk, were answered
+        _answer(store, job_id, i)
+    store.mark_items(job_id, "generate", [], unit="g00001")
+    leases.count_redelivery(job_id, "generate", "g00000")  # an earlier copy died; this one dies too
+    assert leases.acquire(job_id, "generate", "g00000", "dead-task", lease_s=0.05)
+    time.sleep(0.1)
+    assert sweep(store, settings)["given_up"] == 1
+    job = describe_job(store, job_id, settings)
+    assert job["state"] == "partial" and job["rows"] == 2
+    assert job["stages"][0]["done"] == 2 and job["stages"][0]["failed"] == 2
+    assert job["failures"]["t"]["items"] == 2
