@@ -3,77 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from contextlib import contextmanager
-from uuid import uuid4
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-import yaml
 from fastapi.testclient import TestClient
 
-import services.jobs.stages
+from gateway_support import QUERIES, REDIS_URL, TEACHERS, IdleRouterClient, serve
 from router_api.app import create_app
 from services.core.settings import ApiKey, Settings
 from services.jobs.store import JobStore
 from services.routing.client import HTTPRouterClient
 from services.routing.model import Router
-from services.routing.training import TrainConfig, train_router
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-TEACHERS = ["mathy", "poet", "middle"]
-MATHS = [f"What is {a} plus {b}? Show the sum." for a, b in zip(range(3, 23), range(40, 60))]
-POEMS = [f"Write a short poem about the {w}." for w in
-         ("sea", "moon", "forest", "rain", "winter", "city", "river", "mountain", "desert", "garden", "stars", "snow")]
-QUERIES = ["What is 12 plus 30?", "Write a short poem about the lake.", "What is 7 plus 41? Show the sum.",
-           "Write a short poem about autumn leaves."]
-
-
-class IdleRouterClient:
-    """For apps whose tests never route: nothing to load."""
-
-    async def route(self, student_id, prompts, top_k=3):
-        raise AssertionError("this app does not route")
-
-    async def readiness(self):
-        return "ok"
-
-    async def aclose(self):
-        pass
-
-
-@pytest.fixture(scope="module")
-def store():
-    prefix = f"test-gw-{uuid4().hex[:8]}"
-    store = JobStore.from_url(REDIS_URL, prefix)
-    if not store.ping():
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    yield store
-    keys = list(store.r.scan_iter(f"{prefix}:*"))
-    if keys:
-        store.r.delete(*keys)
-
-
-@pytest.fixture(scope="module")
-def pool_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pool") / "pool.yaml"
-    path.write_text(yaml.safe_dump({"teachers": [
-        {"name": name, "family": family, "size_b": size, "base_url": "http://127.0.0.1:9/v1", "model": name,
-         "cost_per_1m_output": 1.5} for name, family, size in
-        (("mathy", "qwen", 7), ("poet", "llama", 8), ("middle", "qwen", 1.5))]}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def router_dir(tmp_path_factory):
-    """A tiny real router: 'mathy' wins on sums, 'poet' on poems."""
-    scores = np.array([[1.0, 0.0, 0.5]] * len(MATHS) + [[0.0, 1.0, 0.5]] * len(POEMS))
-    router, metrics = train_router(MATHS + POEMS, TEACHERS, scores, TrainConfig(seed=0))
-    return router.save(tmp_path_factory.mktemp("router") / "v1", metrics=metrics)
 
 
 @pytest.fixture(scope="module")
@@ -95,35 +36,6 @@ def client(settings, store, students):
     """The gateway with its own in-process router service (made in the lifespan from settings)."""
     with TestClient(create_app(settings, store=store)) as client:
         yield client
-
-
-@pytest.fixture
-def enqueued(monkeypatch, pool_file):
-    """No workers consume these tests' queues: record the sends instead of making them."""
-    sent = []
-    monkeypatch.setattr(services.jobs.stages, "enqueue", lambda task, args, queue: sent.append((task, args, queue)))
-    monkeypatch.setenv("PERSYN_TEACHER_POOL", str(pool_file))  # for job-layer code that reads the environment
-    return sent
-
-
-@contextmanager
-def serve(app):
-    """Real uvicorn on a loopback port, in a background thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 # --------------------------------------------------------------------------- routing
