@@ -80,21 +80,21 @@ class BadJSON(ValueError):
     """A JSON text the service refuses (the message says why and where)."""
 
 
-def _reject_constant(name: str):
-    raise BadJSON(f"{name} is not a JSON number")
+def loads_strict(raw: bytes | str, where: str = "body") -> Any:
+    """``json.loads`` that refuses NaN/Infinity, nesting too deep to parse and invalid Unicode;
+    ``where`` starts each message (``body``, ``line 3``)."""
+    def reject_constant(name: str):
+        raise BadJSON(f"{where}: {name} is not a JSON number")
 
-
-def loads_strict(raw: bytes | str) -> Any:
-    """``json.loads`` that refuses NaN/Infinity, nesting too deep to parse and invalid Unicode."""
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=reject_constant)
     except RecursionError:
-        raise BadJSON("nested too deeply") from None
+        raise BadJSON(f"{where}: nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise BadJSON(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+        raise BadJSON(f"{where}: not valid JSON ({exc.msg} at position {exc.pos})") from None
     except UnicodeDecodeError:
-        raise BadJSON("not UTF-8") from None
-    stack: list[tuple[Any, tuple]] = [(value, ())]
+        raise BadJSON(f"{where}: not UTF-8") from None
+    stack: list[tuple[Any, tuple]] = [(value, (where,))]
     while stack:  # iterative: the parser's own depth limit bounds the work, not Python's stack
         item, path = stack.pop()
         if isinstance(item, dict):
@@ -123,7 +123,7 @@ class _StrictJSONRequest(Request):
             try:
                 self._json = loads_strict(await self.body())
             except BadJSON as exc:
-                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"body: {exc}") from None
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         return self._json
 
 

@@ -89,9 +89,9 @@ def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
         if not line.strip():
             continue
         try:
-            obj = loads_strict(line)
+            obj = loads_strict(line, f"line {lineno}")
         except BadJSON as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: {exc}") from None
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         if not isinstance(obj, dict):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: expected a JSON object")
         try:
@@ -118,9 +118,9 @@ def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON 
                settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
     """For prompt sets too big to send as one JSON body."""
     try:
-        parsed = JobSpec.model_validate(loads_strict(spec))
+        parsed = JobSpec.model_validate(loads_strict(spec, "body.spec"))
     except BadJSON as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"body.spec: {exc}") from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", "spec", *e["loc"])} for e in exc.errors()]) from None
     prompts = _upload_prompts(file, settings.max_job_prompts)
