@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: What each documented status means, for operations that do not say more.
 _DESCRIPTIONS = {
-    400: "the body could not be read (not UTF-8, broken multipart)",
+    400: "the multipart body could not be read",
     401: "missing or invalid API key (when PERSYN_API_KEYS is set)",
     403: "the API key is not an admin key",
     404: "unknown id (another tenant's ids are unknown too)",

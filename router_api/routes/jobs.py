@@ -26,7 +26,7 @@ from ..protocol import DatasetFormat, JobCreate, JobDescription, JobSpec, Prompt
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
 _SUBMIT_ERRORS = error_responses(
-    400, 401, 404, 409, 413, 422, 503, e404="unknown student",
+    401, 404, 409, 413, 422, 503, e404="unknown student",
     e409="a synthesis whose strategy needs the student's calibration")
 _JOB_ERRORS = error_responses(401, 404, 422, 503, e404="unknown job")
 
@@ -112,7 +112,8 @@ def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
 
 
 @router.post("/upload", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED,
-             summary="Submit a job with its prompts as a JSONL file", responses=_SUBMIT_ERRORS)
+             summary="Submit a job with its prompts as a JSONL file",
+             responses={**_SUBMIT_ERRORS, **error_responses(400, e400="broken multipart body or a spec over 1 MB")})
 def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON job body without prompts)")],
                file: Annotated[UploadFile, File(description="JSONL: one {id?, prompt, reference?} per line")],
                settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:

@@ -16,7 +16,7 @@ router = APIRouter(tags=["routing"], route_class=StrictJSONRoute)
 
 @router.post(
     "/route", response_model=RouteResponse, summary="Route prompts to teachers",
-    responses=error_responses(400, 401, 404, 409, 413, 422, 503, e404="unknown student",
+    responses=error_responses(401, 404, 409, 413, 422, 503, e404="unknown student",
                               e409="the student has no active router",
                               e503="Redis, or the router (its loading or the router service), is unavailable"))
 async def route(body: RouteRequest, settings: SettingsDep, store: StoreDep, metrics: MetricsDep,

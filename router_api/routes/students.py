@@ -12,7 +12,7 @@ router = APIRouter(prefix="/students", tags=["students"], route_class=StrictJSON
 
 
 @router.post("", response_model=Student, status_code=status.HTTP_201_CREATED, summary="Register a student",
-             responses=error_responses(400, 401, 409, 422, 503,
+             responses=error_responses(401, 409, 422, 503,
                                        e409="the student id is taken (ids are shared by all tenants)"))
 def create_student(body: StudentCreate, settings: SettingsDep, store: StoreDep, caller: CallerDep) -> dict:
     """Registering again updates model, family and endpoint and keeps the router versions.
@@ -33,7 +33,7 @@ def get_student(student_id: OwnedStudentId, store: StoreDep) -> dict:
 
 
 @router.post("/{student_id}/activate", response_model=Student, summary="Make a router version the active one",
-             responses=error_responses(400, 401, 404, 422, 503, e404="unknown student or router version"))
+             responses=error_responses(401, 404, 422, 503, e404="unknown student or router version"))
 def activate(student_id: OwnedStudentId, body: ActivateRequest, store: StoreDep) -> dict:
     """Later /v1/route requests use this version (rolling back is activating an older one)."""
     store.activate_version(student_id, body.version)
