@@ -305,4 +305,26 @@ def test_openapi_documents_the_api(client):
     assert {"/v1/route", "/v1/students", "/v1/jobs", "/v1/jobs/upload", "/v1/jobs/{job_id}/dataset",
             "/v1/teachers", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     route = spec["paths"]["/v1/route"]["post"]
-    assert route["tags"] == ["routing"] and route["summary"] and {"404", "409", "413", "422"} <= set(route["responses"])
+    assert route["tags"] == ["routing"] and route["summary"]
+    assert {"401", "404", "409", "413", "422", "503"} <= set(route["responses"])
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            errors = {code: r for code, r in operation["responses"].items() if code[0] in "45"}
+            if path.startswith("/v1"):
+                assert "401" in errors and (path == "/v1/teachers" or {"422", "503"} <= set(errors)), (method, path)
+            for code, response in errors.items():
+                if code != "503" or path != "/readyz":
+                    assert response["content"]["application/json"]["schema"] == error, (method, path, code)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # 422 is {"detail": str} like the rest
+    assert spec["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]["type"] == "string"
+    schemas = spec["components"]["schemas"]
+    assert schemas["RouteRequest"]["properties"]["prompts"]["items"]["minLength"] == 1
+    assert schemas["PromptIn"]["properties"]["prompt"]["minLength"] == 1
+
+
+def test_a_validation_error_is_the_documented_string_detail(client):
+    reply = client.post("/v1/route", json={"student_id": "stu-a", "prompts": ["", " \n"], "top_k": "x"})
+    assert reply.status_code == 422 and reply.json() == {"detail": "; ".join((
+        "body.prompts.0: String should have at least 1 character", "body.prompts.1: must not be empty or blank",
+        "body.top_k: Input should be a valid integer, unable to parse string as an integer"))}
