@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Callable
 
 import redis
@@ -80,20 +81,32 @@ class BadJSON(ValueError):
     """A JSON text the service refuses (the message says why and where)."""
 
 
+#: A JSON escape of a UTF-16 surrogate: the only way a strictly decoded text yields one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def loads_strict(raw: bytes | str, where: str = "body") -> Any:
     """``json.loads`` that refuses NaN/Infinity, nesting too deep to parse and invalid Unicode;
     ``where`` starts each message (``body``, ``line 3``)."""
     def reject_constant(name: str):
         raise BadJSON(f"{where}: {name} is not a JSON number")
 
+    try:  # strict UTF-8 both ways (json.loads itself would let encoded surrogates through)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw.encode("utf-8").decode("utf-8")
+    except UnicodeError:
+        raise BadJSON(f"{where}: not UTF-8") from None
     try:
-        value = json.loads(raw, parse_constant=reject_constant)
+        value = json.loads(text, parse_constant=reject_constant)
     except RecursionError:
         raise BadJSON(f"{where}: nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise BadJSON(f"{where}: not valid JSON ({exc.msg} at position {exc.pos})") from None
-    except UnicodeDecodeError:
-        raise BadJSON(f"{where}: not UTF-8") from None
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then look for the string that holds a lone one
+        _check_strings(value, where)
+    return value
+
+
+def _check_strings(value: Any, where: str) -> None:
     stack: list[tuple[Any, tuple]] = [(value, (where,))]
     while stack:  # iterative: the parser's own depth limit bounds the work, not Python's stack
         item, path = stack.pop()
@@ -105,7 +118,6 @@ def loads_strict(raw: bytes | str, where: str = "body") -> Any:
             stack.extend((child, (*path, i)) for i, child in enumerate(item))
         elif isinstance(item, str):
             _check_text(item, path)
-    return value
 
 
 def _check_text(text: str, path: tuple) -> None:
