@@ -60,11 +60,12 @@ class StudentCreate(BaseModel):
     model: str | None = Field(None, pattern=MODEL_PATTERN, examples=["smollm2-135m-instruct", "Qwen/Qwen2.5-1.5B"],
                               description="Student model (a packaged name or an HF-style org/name); "
                                           "the service default when absent.")
-    family: str | None = None
+    family: str | None = Field(None, max_length=64)
     endpoint: AnyHttpUrl | None = Field(
         None, description="OpenAI-compatible server (vLLM) of the student for prompt log-probs; "
                           "the scoring worker runs the model itself when absent.")
-    endpoint_model: str | None = Field(None, description="Model name served at `endpoint` (default: `model`).")
+    endpoint_model: str | None = Field(None, max_length=256,
+                                       description="Model name served at `endpoint` (default: `model`).")
 
 
 class RouterVersion(BaseModel):
@@ -103,7 +104,8 @@ class TeacherInfo(BaseModel):
 # --------------------------------------------------------------------------- jobs
 
 class PromptIn(BaseModel):
-    id: str | None = Field(None, description='Unique in the job; "p000001", ... by position when absent.')
+    id: str | None = Field(None, min_length=1, max_length=256,
+                           description='Unique in the job; "p000001", ... by position when absent.')
     prompt: PromptText
     reference: str | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = Field(
         None, description="Reference answer (math verification)")
@@ -145,7 +147,7 @@ class JobSpec(BaseModel):
     calibration_size: int = Field(DEFAULT_CALIBRATION_SIZE, ge=2)
     teachers: list[str] | None = Field(None, min_length=1, description="A subset of the pool; all when absent.")
     strong_teacher: str | None = None
-    student_family: str | None = None
+    student_family: str | None = Field(None, max_length=64)
     max_tokens: int | None = Field(None, ge=1, le=32768)
     seed: int = 0
 
