@@ -33,22 +33,29 @@ def _transient(exc: Exception) -> bool:
 
 @app.task(name=GENERATE_TASK, bind=True, max_retries=rt.settings().task_max_retries)
 def generate(self, job_id: str, stage: str, prompt_id: str, teacher_name: str) -> str:
+    key = item_key(prompt_id, teacher_name)
+    return rt.run_item(job_id, stage, key, lambda: _generate(self, job_id, stage, prompt_id, teacher_name, key))
+
+
+def _generate(task, job_id: str, stage: str, prompt_id: str, teacher_name: str, key: str) -> str:
     store = rt.store()
     if not store.is_active(job_id):
         return "skipped: job ended"
-    key = item_key(prompt_id, teacher_name)
     result = store.get_result(job_id, "gen", key)
     spec = store.job_record(job_id)["spec"]
     [prompt] = store.prompts(job_id, [prompt_id])
     if result is None:
+        teacher = rt.teachers().get(teacher_name)
+        if teacher is None:
+            rt.finish_item(job_id, stage, key, ok=False, error=f"teacher {teacher_name!r} is not in the pool")
+            return "failed"
+        store.count_attempt(job_id, key)
         try:
-            teacher = rt.teachers()[teacher_name]
-            store.count_attempt(job_id, key)
             reply = answer(teacher, prompt_id, prompt["prompt"], prompt.get("reference"),
                            seed=spec.get("seed", 0), client=rt.client(teacher.base_url, teacher.model))
-        except Exception as exc:  # noqa: BLE001 - every failure is either retried or recorded
-            if _transient(exc) and self.request.retries < self.max_retries:
-                raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries))
+        except Exception as exc:  # noqa: BLE001 - every teacher failure is either retried or recorded
+            if _transient(exc) and task.request.retries < task.max_retries:
+                raise task.retry(exc=exc, countdown=min(60, 2 ** task.request.retries))
             rt.finish_item(job_id, stage, key, ok=False, error=f"{type(exc).__name__}: {exc}")
             return "failed"
         if store.put_result(job_id, "gen", key, asdict(reply)):

@@ -169,6 +169,12 @@ class StageProgress(BaseModel):
     started: float
     finished: float | None
     seconds: float
+    in_flight: int = Field(0, description="items running now under a live lease")
+    stalled: int = Field(0, description="items whose lease lapsed unfinished (the watchdog requeues them)")
+    retrying: int = Field(0, description="items waiting on a retry after a transient teacher error")
+    redelivered: int = Field(0, description="requeues by the watchdog so far")
+    redis_retries: int = Field(0, description="Redis errors retried inside tasks")
+    given_up: int = Field(0, description="items failed after too many redeliveries")
 
 
 class JobDescription(BaseModel):
@@ -189,6 +195,9 @@ class JobDescription(BaseModel):
     n_prompts: int | None = None
     n_calibration: int | None = None
     router_version: str | None = None
+    router_gate: dict | None = Field(None, description="the publish gate on the job's router: activated, reason, checks")
+    failures: dict[str, dict] = Field(default_factory=dict, description="failed items per teacher (or "
+                                      "stage:NAME): items, first error")
     error: str | None = None
     created: float
     updated: float

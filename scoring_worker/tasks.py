@@ -11,6 +11,7 @@ import numpy as np
 
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
+from services.jobs.leases import TRANSIENT_REDIS_ERRORS
 from services.jobs.stages import SCORE_TASK, item_key, job_teachers
 from services.method.formats import ParallelRecord
 from services.method.rewards import combine, nan_argmax
@@ -86,6 +87,10 @@ def _pick(scores: dict, by_cost: bool) -> int:
 
 @app.task(name=SCORE_TASK)
 def score(job_id: str, stage: str, prompt_id: str) -> str:
+    return rt.run_item(job_id, stage, prompt_id, lambda: _score(job_id, stage, prompt_id))
+
+
+def _score(job_id: str, stage: str, prompt_id: str) -> str:
     store = rt.store()
     if not store.is_active(job_id):
         return "skipped: job ended"
@@ -93,6 +98,8 @@ def score(job_id: str, stage: str, prompt_id: str) -> str:
     if scores is None:
         try:
             scores = compute_scores(job_id, stage, prompt_id)
+        except TRANSIENT_REDIS_ERRORS:
+            raise  # retried by run_item: not a failure of the item
         except Exception as exc:  # noqa: BLE001 - a failed item is recorded and the job goes on
             rt.finish_item(job_id, stage, prompt_id, ok=False, error=f"{type(exc).__name__}: {exc}")
             return "failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from functools import lru_cache
 
@@ -9,11 +10,17 @@ import numpy as np
 
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
-from services.jobs.stages import ROUTE_TASK, TRAIN_TASK, job_teachers
+from services.jobs.leases import TRANSIENT_REDIS_ERRORS
+from services.jobs.stages import ROUTE_TASK, TRAIN_TASK, conclude, job_teachers
+from services.method.gate import GateResult, best_single_teacher, hits_of_choice, publish_gate
+from services.method.pairs import make_pairs
 from services.method.rewards import mean_per_teacher
 from services.method.strategies import StrategyInputs, select
 from services.routing.model import Router
-from services.routing.training import TrainConfig, train_router
+from services.routing.training import TrainConfig, split_prompts, train_router
+
+#: Below this many prompts training makes no validation split (services.routing.training.split_prompts).
+_MIN_PROMPTS_FOR_VALIDATION = 10
 
 
 def _calibration_matrices(job_id: str, teachers: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -38,8 +45,61 @@ def _router(path: str) -> Router:
     return Router.load(path, device=rt.settings().device)
 
 
+def _previous_hits(student_id: str, teachers: list[str], val_prompts: list[str],
+                   val_scores: np.ndarray) -> dict | None:
+    """Hit@k of the student's active router on the new validation prompts (its own stored
+    validation Hit@k when it does not know every teacher); None without an active router."""
+    store = rt.store()
+    active = store.active_router(student_id)
+    if active is None:
+        return None
+    version, path = active
+    previous = _router(path)
+    if len(val_prompts) and set(teachers) <= set(previous.teachers):
+        strengths = previous.strengths(val_prompts)[:, [previous.teachers.index(t) for t in teachers]]
+        return hits_of_choice(val_scores, strengths.argmax(axis=1))
+    entry = next(v for v in store.get_student(student_id)["versions"] if v["version"] == version)
+    val = entry["metrics"].get("val")
+    return {k: val[k] for k in ("hit@1", "hit@3") if k in val} if val else None
+
+
+def _degraded(job_id: str) -> str | None:
+    """What failed in the job's calibration stages, or None."""
+    failed = sum(s["failed"] for s in rt.store().stage_progress(job_id) if s["stage"].startswith("calibration."))
+    if not failed:
+        return None
+    who = ", ".join(f"{w}: {f.get('items', 0)}" for w, f in sorted(rt.leases().failures(job_id).items()))
+    return f"{failed} calibration item(s) failed; {who}"
+
+
+def _gate(job_id: str, student_id: str, teachers: list[str], prompts: list[str], combined: np.ndarray,
+          metrics: dict, config: TrainConfig) -> GateResult:
+    """The publish gate on this calibration (:mod:`services.method.gate`)."""
+    settings = rt.settings()
+    train_idx, val_idx = split_prompts(len(prompts), config.val_fraction, config.seed)
+    val = metrics.get("val") or {}
+    candidate = {k: val[k] for k in ("hit@1", "hit@3") if k in val} or None
+    baselines = {"best_single": None, "previous_router": None}
+    if len(val_idx) and candidate is not None:
+        given = val.get("best_single")
+        baselines["best_single"] = (
+            {k: given[k] for k in ("hit@1", "hit@3") if k in given} if isinstance(given, dict) and given
+            else hits_of_choice(combined[val_idx], np.full(len(val_idx), best_single_teacher(combined[train_idx]))))
+        baselines["previous_router"] = _previous_hits(student_id, teachers, [prompts[i] for i in val_idx],
+                                                      combined[val_idx])
+    return publish_gate(n_prompts=len(prompts), n_pairs=len(make_pairs(combined)),
+                        min_prompts=settings.router_min_prompts, min_pairs=settings.router_min_pairs,
+                        candidate=candidate, baselines=baselines,
+                        require_validation=len(prompts) >= _MIN_PROMPTS_FOR_VALIDATION,
+                        degraded=_degraded(job_id), replaces_active=rt.store().active_router(student_id) is not None)
+
+
 @app.task(name=TRAIN_TASK)
 def train(job_id: str) -> str:
+    return rt.run_item(job_id, "train", "router", lambda: _train(job_id))
+
+
+def _train(job_id: str) -> str:
     store, settings = rt.store(), rt.settings()
     if not store.is_active(job_id):
         return "skipped: job ended"
@@ -49,26 +109,30 @@ def train(job_id: str) -> str:
     if version not in known:  # a redelivered task finds the version published and skips training
         teachers = [t.name for t in job_teachers(store, settings, job_id)]
         prompts, mats = _calibration_matrices(job_id, teachers)
+        config = TrainConfig(backbone=settings.router_backbone, seed=spec.get("seed", 0), device=settings.device)
         try:
             router, metrics = train_router(
-                prompts, teachers, mats["combined"],
-                TrainConfig(backbone=settings.router_backbone, seed=spec.get("seed", 0), device=settings.device),
-                cache=rt.score_cache(),
+                prompts, teachers, mats["combined"], config, cache=rt.score_cache(),
                 extra_config={"student_id": student_id, "alpha": spec.get("alpha", 0.4), "job_id": job_id})
-        except Exception as exc:  # noqa: BLE001 - one item: the job fails with the reason, never hangs
-            store.set_state(job_id, "failed", error=f"router training: {type(exc).__name__}: {exc}")
+            gate = _gate(job_id, student_id, teachers, prompts, mats["combined"], metrics, config)
+        except TRANSIENT_REDIS_ERRORS:
+            raise  # retried by run_item
+        except Exception as exc:  # noqa: BLE001 - one item: the job ends with the reason, never hangs
+            conclude(store, job_id, error=f"router training: {type(exc).__name__}: {exc}")
             return "failed"
         metrics["calibration_stats"] = {
             name: dict(zip(teachers, np.nan_to_num(mean_per_teacher(mats[name]), nan=0.0).tolist()))
             for name in ("quality", "learnability") if np.isfinite(mats[name]).any()}
+        metrics["gate"] = {**gate.as_dict(), "best_single_teacher": teachers[best_single_teacher(mats["combined"])]}
         final = settings.router_dir / student_id / version
         staging = final.with_name(final.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         router.save(staging, metrics=metrics)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)  # publish whole: a router server never sees half a directory
-        store.add_router_version(student_id, version, str(final), metrics, activate=True)
-    store.update_job(job_id, router_version=version)
+        store.add_router_version(student_id, version, str(final), metrics, activate=gate.passed)
+    entry = next(v for v in store.get_student(student_id)["versions"] if v["version"] == version)
+    store.update_job(job_id, router_version=version, router_gate=json.dumps(entry["metrics"].get("gate")))
     rt.finish_item(job_id, "train", "router")
     return "done"
 
@@ -83,6 +147,10 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
     student = store.get_student(spec["student_id"])
     active = store.active_router(spec["student_id"])
     stats, strengths = {}, None
+    gate = json.loads(store.job_record(job_id).get("router_gate") or "null")
+    if strategy == "persyn" and active is None and gate and not gate["activated"]:
+        # this job's calibration trained a router the gate refused: its best single teacher serves instead
+        return [gate["best_single_teacher"]] * len(prompts)
     if active is not None:
         version, path = active
         stats = next(v for v in student["versions"] if v["version"] == version)["metrics"].get("calibration_stats", {})
@@ -109,14 +177,20 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
 
 @app.task(name=ROUTE_TASK)
 def route(job_id: str) -> str:
+    return rt.run_item(job_id, "route", "all", lambda: _route(job_id))
+
+
+def _route(job_id: str) -> str:
     store = rt.store()
     if not store.is_active(job_id):
         return "skipped: job ended"
     prompts = store.prompts(job_id, store.unserved_prompt_ids(job_id))
     try:
         teachers = _assign(job_id, prompts) if prompts else []
-    except Exception as exc:  # noqa: BLE001 - one item: the job fails with the reason, never hangs
-        store.set_state(job_id, "failed", error=f"routing: {type(exc).__name__}: {exc}")
+    except TRANSIENT_REDIS_ERRORS:
+        raise  # retried by run_item
+    except Exception as exc:  # noqa: BLE001 - one item: the job ends with the reason, never hangs
+        conclude(store, job_id, error=f"routing: {type(exc).__name__}: {exc}")
         return "failed"
     for p, t in zip(prompts, teachers):
         store.put_result(job_id, "assign", p["id"], {"teacher": t})

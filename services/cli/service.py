@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.cli.common import CLIError, existing_path
+from services.cli.jobs import watch_job
 
 
 def demo_api_key(api_keys) -> str | None:
@@ -17,10 +18,7 @@ def demo_api_key(api_keys) -> str | None:
 def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int, student_id: str,
                  seed: int, api_key: str | None = None) -> dict:
     """A full calibrate -> route -> synthesize job through the REST API, with progress bars."""
-    import time
-
     import httpx
-    from tqdm.auto import tqdm
 
     from services.demo.problems import make_problems
     from services.reports.plots import plot_allocation
@@ -38,23 +36,15 @@ def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int
             raise CLIError(f"job rejected ({response.status_code}): {response.text}")
         job_id = response.json()["id"]
         print(f"job {job_id} submitted: {n_prompts} prompts, {n_calibration} for calibration")
-        bars: dict[str, tqdm] = {}
-        while True:
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            for stage in job["stages"]:  # one bar per stage, closed when the stage finishes
-                bar = bars.get(stage["stage"]) or bars.setdefault(
-                    stage["stage"], tqdm(total=stage["total"], desc=stage["stage"], unit="item"))
-                if not bar.disable:  # tqdm marks a closed bar disabled
-                    bar.update(stage["done"] + stage["failed"] - bar.n)
-                    if stage["finished"] is not None:
-                        bar.close()
-            if job["state"] not in ("queued", "running"):
-                break
-            time.sleep(0.5)
-        for bar in bars.values():
-            bar.close()
-        if job["state"] != "succeeded":
+        job = watch_job(client, job_id, interval_s=0.5)
+        if job["state"] not in ("succeeded", "partial"):
             raise CLIError(f"job {job_id} ended {job['state']}: {job.get('error') or job['errors'][:3]}")
+        if job["state"] == "partial":
+            print(f"job {job_id} ended partial: {job['error']}")
+        gate = job.get("router_gate")
+        if gate and not gate["activated"]:
+            print(f"router not activated: {gate['reason']}; its best single teacher, "
+                  f"{gate['best_single_teacher']}, answered the rest")
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{job_id}.jsonl"
         path.write_bytes(client.get(f"/v1/jobs/{job_id}/dataset", params={"format": "jsonl"}).content)
@@ -114,7 +104,8 @@ def register(sub) -> None:
     p.add_argument("--demo-job", action="store_true",
                    help="run a full job on the built-in problems through the REST API, then stop")
     p.add_argument("--prompts", type=int, default=16)
-    p.add_argument("--calibration", type=int, default=8)
+    p.add_argument("--calibration", type=int, default=12,
+                   help="calibration prompts (the router publish gate wants 10 or more, PERSYN_ROUTER_MIN_PROMPTS)")
     p.add_argument("--student", default="smollm2-demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_up)

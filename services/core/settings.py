@@ -104,6 +104,12 @@ class Settings:
     device: str | None = None
     task_max_retries: int = 5
     visibility_timeout_s: int = 7200  # above the longest task (router training)
+    lease_s: float = 30.0  # an item's lease: a dead task's item is requeued this long after its last heartbeat
+    watchdog_interval_s: float = 5.0  # how often the watchdog looks for stalled items
+    redis_retry_s: float = 60.0  # how long a task retries through Redis errors before leaving it to the watchdog
+    max_redeliveries: int = 3  # watchdog requeues of one item before it fails with the reason
+    router_min_prompts: int = 10  # publish gate: scored calibration prompts a router needs to be activated
+    router_min_pairs: int = 20  # publish gate: Bradley-Terry training pairs it needs
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -142,4 +148,10 @@ ENV_VARS = {
     "device": "PERSYN_DEVICE",
     "task_max_retries": "PERSYN_TASK_MAX_RETRIES",
     "visibility_timeout_s": "PERSYN_VISIBILITY_TIMEOUT_S",
+    "lease_s": "PERSYN_LEASE_SECONDS",
+    "watchdog_interval_s": "PERSYN_WATCHDOG_INTERVAL_S",
+    "redis_retry_s": "PERSYN_REDIS_RETRY_S",
+    "max_redeliveries": "PERSYN_MAX_REDELIVERIES",
+    "router_min_prompts": "PERSYN_ROUTER_MIN_PROMPTS",
+    "router_min_pairs": "PERSYN_ROUTER_MIN_PAIRS",
 }

@@ -1,15 +1,21 @@
-"""What a worker process keeps between tasks: settings, the store, clients and models.
+"""What a worker process keeps between tasks: settings, the store, clients and models, and
+how a task runs one item (under its lease, through transient Redis errors).
 
 Models load on first use and stay loaded for the life of the worker process.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from functools import lru_cache
+from typing import Callable
 
 from services.clients.openai_compat import OpenAICompatClient
 from services.core.cache import ScoreCache
 from services.core.settings import Settings
+from services.jobs import leases as lease_lib
 from services.jobs.store import JobStore
 from services.method.formats import Teacher, teacher_pool_cached
 from services.scoring import scorers
@@ -71,9 +77,58 @@ def reward_model():
     return scorers.reward_scorer(s.reward_model, endpoint=s.reward_model_url, device=s.device)
 
 
-def finish_item(job_id: str, stage: str, item: str, *, ok: bool = True, error: str | None = None) -> None:
-    """Count the item; the task that completes its stage starts the next one."""
-    from services.jobs.stages import advance
+log = logging.getLogger(__name__)
 
+
+@lru_cache(maxsize=1)
+def leases() -> lease_lib.Leases:
+    return lease_lib.Leases(store())
+
+
+def finish_item(job_id: str, stage: str, item: str, *, ok: bool = True, error: str | None = None) -> None:
+    """Count the item (a failure also under its teacher); the task that completes its stage starts the next one."""
+    from services.jobs.stages import advance, failure_owner
+
+    if not ok and not store().r.sismember(store()._k("job", job_id, "stage", stage, "items"), item):
+        leases().count_failure(job_id, failure_owner(stage, item), error or "failed")
     if store().mark_item(job_id, stage, item, ok=ok, error=error):
         advance(store(), job_id, stage, settings())
+
+
+def run_item(job_id: str, stage: str, item: str, body: Callable[[], str]) -> str:
+    """Run one item's task body under its lease, retrying the whole body through Redis errors.
+
+    The body is idempotent (it skips work whose result exists), so rerunning it after Redis
+    came back is safe. Past ``PERSYN_REDIS_RETRY_S`` the error is raised: Celery acks the
+    message, and the lapsed lease (or the item missing from an empty queue) brings the watchdog
+    to requeue it, so no item is acked and forgotten. Any other error the body did not handle
+    fails the item with that error (requeueing would only meet it again).
+    """
+    from celery import current_task
+    from celery.exceptions import Retry
+
+    s = settings()
+    token = (current_task.request.id if current_task else None) or uuid.uuid4().hex
+    deadline = time.monotonic() + s.redis_retry_s
+    delay, retried = 0.2, 0
+    while True:
+        try:
+            with lease_lib.hold(leases(), job_id, stage, item, token, s.lease_s, Retry) as held:
+                outcome = body() if held else "skipped: another worker holds the item"
+            if retried:
+                leases().count(job_id, stage, "redis_retries", retried)
+            return outcome
+        except Retry:
+            raise  # a transient teacher error: Celery runs the task again after its countdown
+        except lease_lib.TRANSIENT_REDIS_ERRORS as exc:
+            retried += 1
+            if time.monotonic() + delay > deadline:
+                log.error("job %s %s %s: Redis unavailable for %ss (%s); the watchdog will requeue it",
+                          job_id, stage, item, s.redis_retry_s, exc)
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error fails its item, with the reason, once
+            log.exception("job %s %s %s failed", job_id, stage, item)
+            finish_item(job_id, stage, item, ok=False, error=f"{type(exc).__name__}: {exc}")
+            return "failed"

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from services.core.settings import Settings
+from services.jobs.leases import Leases
 from services.jobs.store import JobStore
 from services.method.formats import teacher_pool_cached
 
@@ -91,11 +92,16 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
     return job_id
 
 
-def _start(store: JobStore, settings: Settings, job_id: str, stage: str, items: list[tuple[str, list, str]]) -> None:
-    """Open ``stage`` and enqueue its (task, args, queue) items; an empty stage ends at once."""
+def _start(store: JobStore, settings: Settings, job_id: str, stage: str,
+           items: list[tuple[str, str, list, str]]) -> None:
+    """Open ``stage`` and enqueue its (item, task, args, queue) items; an empty stage ends at once.
+
+    The plan is written first, so the watchdog can requeue any item whose message never
+    made it (the enqueuing task lost Redis half-way)."""
+    Leases(store).record_plan(job_id, stage, items)
     if not store.start_stage(job_id, stage, len(items)):
         return  # a redelivered task already opened it
-    for task, args, queue in items:
+    for _, task, args, queue in items:
         enqueue(task, args, queue)
     if not items:  # nothing to do: the stage is already finished
         advance(store, job_id, stage, settings)
@@ -123,40 +129,75 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
         if calibration:
             teachers = [t.name for t in job_teachers(store, settings, job_id)]
             _start(store, settings, job_id, "calibration.generate",
-                   [(GENERATE_TASK, [job_id, "calibration.generate", pid, t], "generation")
+                   [(item_key(pid, t), GENERATE_TASK, [job_id, "calibration.generate", pid, t], "generation")
                     for pid in calibration for t in teachers])
         else:
             _start_synthesis(store, settings, job_id, strategy)
     elif completed == "calibration.generate":
         _start(store, settings, job_id, "calibration.score",
-               [(SCORE_TASK, [job_id, "calibration.score", pid], "scoring") for pid in calibration])
+               [(pid, SCORE_TASK, [job_id, "calibration.score", pid], "scoring") for pid in calibration])
     elif completed == "calibration.score":
-        _start(store, settings, job_id, "train", [(TRAIN_TASK, [job_id], "training")])
+        _start(store, settings, job_id, "train", [("router", TRAIN_TASK, [job_id], "training")])
     elif completed == "train":
         if kind == "calibrate":
-            store.set_state(job_id, "succeeded")
+            conclude(store, job_id)
         else:
             _start_synthesis(store, settings, job_id, strategy)
     elif completed == "route":
         assigned = store.get_results(job_id, "assign")
         _start(store, settings, job_id, "generate",
-               [(GENERATE_TASK, [job_id, "generate", pid, a["teacher"]], "generation")
+               [(item_key(pid, a["teacher"]), GENERATE_TASK, [job_id, "generate", pid, a["teacher"]], "generation")
                 for pid, a in sorted(assigned.items())])
     elif completed == "generate" and strategy in GENERATE_THEN_SELECT:
         _start(store, settings, job_id, "select",
-               [(SCORE_TASK, [job_id, "select", pid], "scoring") for pid in store.unserved_prompt_ids(job_id)])
+               [(pid, SCORE_TASK, [job_id, "select", pid], "scoring") for pid in store.unserved_prompt_ids(job_id)])
     elif completed in ("generate", "select"):
-        store.set_state(job_id, "succeeded")
+        conclude(store, job_id)
 
 
 def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy: str) -> None:
     if strategy in GENERATE_THEN_SELECT:
         teachers = [t.name for t in job_teachers(store, settings, job_id)]
         _start(store, settings, job_id, "generate",
-               [(GENERATE_TASK, [job_id, "generate", pid, t], "generation")
+               [(item_key(pid, t), GENERATE_TASK, [job_id, "generate", pid, t], "generation")
                 for pid in store.unserved_prompt_ids(job_id) for t in teachers])
     else:
-        _start(store, settings, job_id, "route", [(ROUTE_TASK, [job_id], "training")])
+        _start(store, settings, job_id, "route", [("all", ROUTE_TASK, [job_id], "training")])
+
+
+def failure_owner(stage: str, item: str) -> str:
+    """Whom a failed item is put down to: its teacher for generation items, else its stage."""
+    if stage.endswith("generate") and "|" in item:
+        return item.rsplit("|", 1)[1]
+    return f"stage:{stage}"
+
+
+def conclude(store: JobStore, job_id: str, *, error: str | None = None) -> str:
+    """End the job in the state its output earns; returns the state.
+
+    ``succeeded``: every prompt has its row (a calibrate job: its router was trained) and no
+    item failed; ``partial``: some output, with the reasons; ``failed``: no output. The
+    reasons name each teacher (or stage) whose items failed, with its first error.
+    """
+    job = store.job_record(job_id)
+    leases = Leases(store)
+    reasons = [error] if error else []
+    if job["kind"] == "calibrate":
+        produced = bool(job.get("router_version"))
+    else:
+        n, rows = len(store.prompt_ids(job_id)), store.row_count(job_id)
+        produced = rows > 0
+        if rows < n:
+            reasons.append(f"{n - rows} of {n} prompts have no row")
+    n_failed = sum(s["failed"] for s in store.stage_progress(job_id))
+    if n_failed:
+        by_who = "; ".join(f"{who}: {f.get('items', 0)} ({f.get('error', 'failed')})"
+                           for who, f in sorted(leases.failures(job_id).items()))
+        reasons.append(f"{n_failed} item(s) failed: {by_who}")
+    state = "succeeded" if not reasons else "partial" if produced else "failed"
+    store.set_state(job_id, state, error="; ".join(reasons) if reasons else None)
+    leases.forget_job(job_id)
+    return state
 
 
 def describe_job(store: JobStore, job_id: str, settings: Settings | None = None) -> dict:
@@ -169,13 +210,17 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         costs = {t.name: t.cost_per_1m_output for t in teacher_pool_cached(settings.teacher_pool)}
     usage = {t: {**u, "cost": round(u.get("completion_tokens", 0) * costs.get(t, 0.0) / 1e6, 6)}
              for t, u in store.usage(job_id).items()}
+    leases = Leases(store)
+    stages = [{**s, **leases.stage_health(job_id, s["stage"])} for s in store.stage_progress(job_id)]
     return {
         "id": job_id, "kind": job["kind"], "state": job["state"], "stage": job["stage"] or None,
         "student_id": spec["student_id"], "spec": {k: v for k, v in spec.items() if k != "calibration"},
         "n_prompts": len(store.prompt_ids(job_id)), "n_calibration": len(spec.get("calibration", [])),
-        "stages": store.stage_progress(job_id), "errors": store.errors(job_id),
+        "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),
-        "router_version": job.get("router_version") or None, "error": job.get("error") or None,
+        "router_version": job.get("router_version") or None,
+        "router_gate": json.loads(job["router_gate"]) if job.get("router_gate") else None,
+        "error": job.get("error") or None,
         "created": job["created"], "updated": job["updated"],
         "finished": float(job["finished"]) if job.get("finished") else None,
     }

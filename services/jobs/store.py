@@ -23,8 +23,8 @@ import redis
 
 from services.core.settings import DEFAULT_TENANT
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "partial", "failed", "cancelled"})
 
 _MARK_ITEM = """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return -1 end

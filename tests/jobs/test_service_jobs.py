@@ -30,12 +30,14 @@ def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("stack")
     with DemoPool() as pool:
         teachers = pool.teachers
-        for t in teachers:  # short answers keep every task well under the visibility timeout
+        for t in teachers:  # short answers keep the jobs quick
             t.sampling = {**t.sampling, "max_tokens": 32}
         pool_file = dump_teacher_pool(teachers, work / "pool.yaml")
         with LocalStack(work_dir=work, key_prefix=prefix, teacher_pool=pool_file,
                         concurrency={"generation": 2, "scoring": 1, "training": 1},
-                        extra_env={"PERSYN_VISIBILITY_TIMEOUT_S": "15"}) as running:
+                        extra_env={"PERSYN_LEASE_SECONDS": "5", "PERSYN_WATCHDOG_INTERVAL_S": "1",
+                                   # tiny calibrations (no validation split): the gate checks size only
+                                   "PERSYN_ROUTER_MIN_PROMPTS": "3", "PERSYN_ROUTER_MIN_PAIRS": "1"}) as running:
             store = JobStore.from_url(running.redis_url, prefix)
             with httpx.Client(base_url=running.url, timeout=60) as client:
                 yield running, store, client, [t.name for t in teachers]
