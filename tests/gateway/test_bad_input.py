@@ -143,7 +143,7 @@ def test_bodies_that_cannot_be_read_are_4xx_json(client):
     assert "not valid JSON" in _message(_post_raw(client, "/v1/route", '{"student_id": '))
     broken = client.post("/v1/jobs/upload", content=b"--x\r\nnot a part",
                          headers={"Content-Type": "multipart/form-data; boundary=x"})
-    assert broken.status_code in (400, 422) and isinstance(broken.json()["detail"], str)
+    assert "multipart" in _message(broken, 400)
 
 
 # --------------------------------------------------------------------------- Redis down
