@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 
 import services
 from services.core.settings import Settings
-from services.jobs.store import JobStore, NotFound
+from services.jobs.store import JobStore
 from services.method.formats import load_teacher_pool
 from services.routing.client import router_client_from_settings
-from services.routing.service import NoActiveRouter, RouterServiceError
 
-from .deps import require_api_key
+from . import errors
+from .deps import authenticate
 from .metrics import GatewayMetrics
 from .routes import health, jobs, routing, students, teachers
 
@@ -27,26 +26,8 @@ TAGS = [
     {"name": "students", "description": "Students and their router versions."},
     {"name": "teachers", "description": "The teacher pool."},
     {"name": "jobs", "description": "Calibration and synthesis jobs, their progress and datasets."},
-    {"name": "health", "description": "Probes and Prometheus metrics (no API key)."},
+    {"name": "health", "description": "Probes (no API key) and Prometheus metrics (an admin key)."},
 ]
-
-
-def _message(exc: Exception) -> str:
-    return str(exc.args[0]) if exc.args else type(exc).__name__  # KeyError's str() adds quotes
-
-
-async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
-    return JSONResponse({"detail": _message(exc)}, status_code=status.HTTP_404_NOT_FOUND)
-
-
-async def _no_active_router(request: Request, exc: NoActiveRouter) -> JSONResponse:
-    return JSONResponse({"detail": f"{_message(exc)}: run a calibrate job for this student first"},
-                        status_code=status.HTTP_409_CONFLICT)
-
-
-async def _router_unavailable(request: Request, exc: RouterServiceError) -> JSONResponse:
-    return JSONResponse({"detail": f"router service unavailable: {exc}"},
-                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 def create_app(settings: Settings | None = None, *, store: JobStore | None = None, router_client=None) -> FastAPI:
@@ -81,11 +62,9 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.state.metrics = metrics
     app.state.teachers = load_teacher_pool(settings.teacher_pool) if settings.teacher_pool else []
     app.state.router_client = router_client
-    app.add_exception_handler(NotFound, _not_found)
-    app.add_exception_handler(NoActiveRouter, _no_active_router)
-    app.add_exception_handler(RouterServiceError, _router_unavailable)
+    errors.install(app)
 
-    secured = [Depends(require_api_key)]
+    secured = [Depends(authenticate)]
     for module in (routing, students, teachers, jobs):
         app.include_router(module.router, prefix="/v1", dependencies=secured)
     app.include_router(health.router)

@@ -12,19 +12,20 @@ from services.jobs.store import JOB_STATES
 from services.method.export import FORMATS
 from services.method.strategies import STRATEGIES
 
-#: Student and job ids become parts of Redis keys: a slug, so none can reach another key (no ':').
-ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+#: Student and job ids and version names become Redis keys and directory names: a slug that starts
+#: with a letter or digit, so none can reach another key (no ':') or leave its directory ('.', '..', '/').
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 StudentId = Annotated[str, Field(pattern=ID_PATTERN, examples=["qwen2.5-1.5b-math"])]
+VersionName = Annotated[str, Field(pattern=ID_PATTERN, examples=["job-3f2a9c1d0b7e4a65"])]
+#: A student model: a packaged name or a Hugging Face style ``org/name``; never an absolute path, ``~`` or ``..``.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
+#: At least one character that is not whitespace: the schema states what the service enforces.
+NON_BLANK = r"\S"
+PromptText = Annotated[str, Field(min_length=1, pattern=NON_BLANK)]
 JobKind = Literal[JOB_KINDS]  # type: ignore[valid-type]
 Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 DatasetFormat = Literal[FORMATS]  # type: ignore[valid-type]
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
-
-
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("prompt must not be empty or blank")
-    return text
 
 
 class ErrorResponse(BaseModel):
@@ -35,16 +36,9 @@ class ErrorResponse(BaseModel):
 
 class RouteRequest(BaseModel):
     student_id: StudentId
-    prompts: list[str] = Field(min_length=1, description="Limits: settings max_prompts_per_request, "
-                                                          "max_prompt_chars (413 above them).")
+    prompts: list[PromptText] = Field(min_length=1, description="Limits: settings max_prompts_per_request, "
+                                                                 "max_prompt_chars (413 above them).")
     top_k: int = Field(3, ge=1, description="Length of each ranking; above the pool size, the whole pool.")
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts_not_blank(cls, prompts: list[str]) -> list[str]:
-        for prompt in prompts:
-            _not_blank(prompt)
-        return prompts
 
 
 class RouteResult(BaseModel):
@@ -63,17 +57,21 @@ class RouteResponse(BaseModel):
 
 class StudentCreate(BaseModel):
     student_id: StudentId
-    model: str | None = Field(None, description="Student model; the service default when absent.")
-    family: str | None = None
+    model: str | None = Field(None, pattern=MODEL_PATTERN, examples=["smollm2-135m-instruct", "Qwen/Qwen2.5-1.5B"],
+                              description="Student model (a packaged name or an HF-style org/name); "
+                                          "the service default when absent.")
+    family: str | None = Field(None, max_length=64)
     endpoint: AnyHttpUrl | None = Field(
         None, description="OpenAI-compatible server (vLLM) of the student for prompt log-probs; "
                           "the scoring worker runs the model itself when absent.")
-    endpoint_model: str | None = Field(None, description="Model name served at `endpoint` (default: `model`).")
+    endpoint_model: str | None = Field(None, max_length=256,
+                                       description="Model name served at `endpoint` (default: `model`).")
 
 
 class RouterVersion(BaseModel):
+    """A trained router of the student (where its files live stays on the server)."""
+
     version: str
-    path: str
     created: float
     metrics: dict = Field(default_factory=dict)
 
@@ -90,7 +88,7 @@ class Student(BaseModel):
 
 
 class ActivateRequest(BaseModel):
-    version: str
+    version: VersionName
 
 
 class TeacherInfo(BaseModel):
@@ -106,8 +104,9 @@ class TeacherInfo(BaseModel):
 # --------------------------------------------------------------------------- jobs
 
 class PromptIn(BaseModel):
-    id: str | None = Field(None, description='Unique in the job; "p000001", ... by position when absent.')
-    prompt: str
+    id: str | None = Field(None, min_length=1, max_length=256,
+                           description='Unique in the job; "p000001", ... by position when absent.')
+    prompt: PromptText
     reference: str | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = Field(
         None, description="Reference answer (math verification)")
 
@@ -115,11 +114,6 @@ class PromptIn(BaseModel):
     @classmethod
     def _int_id(cls, value):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, prompt: str) -> str:
-        return _not_blank(prompt)
 
     def to_job(self) -> dict:
         """The prompt dict a job stores; numeric references become text like the file formats' do."""
@@ -153,7 +147,7 @@ class JobSpec(BaseModel):
     calibration_size: int = Field(DEFAULT_CALIBRATION_SIZE, ge=2)
     teachers: list[str] | None = Field(None, min_length=1, description="A subset of the pool; all when absent.")
     strong_teacher: str | None = None
-    student_family: str | None = None
+    student_family: str | None = Field(None, max_length=64)
     max_tokens: int | None = Field(None, ge=1, le=32768)
     seed: int = 0
 

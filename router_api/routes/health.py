@@ -1,13 +1,15 @@
-"""Probes and metrics: open without an API key, so orchestrators and Prometheus need no secret."""
+"""Probes and metrics. The probes are open (orchestrators need no secret); ``/metrics`` counts every
+tenant's jobs and routes, so with API keys set it needs an admin key (Prometheus: ``authorization``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import MetricsDep, RouterClientDep, StoreDep
+from ..deps import MetricsDep, RouterClientDep, StoreDep, require_admin
+from ..errors import error_responses
 from ..protocol import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -27,7 +29,8 @@ async def readyz(store: StoreDep, router_client: RouterClientDep):
                         status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get("/metrics", summary="Prometheus metrics (an admin key when API keys are set)", response_class=Response,
+            dependencies=[Depends(require_admin)],
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **error_responses(401, 403)})
 def metrics(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

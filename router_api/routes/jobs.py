@@ -1,4 +1,7 @@
-"""Jobs: submit (JSON or a JSONL upload), watch, cancel, download the dataset as it grows."""
+"""Jobs: submit (JSON or a JSONL upload), watch, cancel, download the dataset as it grows.
+
+A job belongs to the tenant that submitted it, and only for a student of that tenant.
+"""
 
 from __future__ import annotations
 
@@ -16,32 +19,35 @@ from services.jobs.store import JobStore
 from services.method.export import to_alpaca, to_sharegpt
 from services.method.formats import Teacher
 
-from ..deps import IdPath, SettingsDep, StoreDep, TeachersDep
-from ..protocol import DatasetFormat, ErrorResponse, JobCreate, JobDescription, JobSpec, PromptIn, assign_ids
+from ..deps import Caller, CallerDep, OwnedJobId, SettingsDep, StoreDep, TeachersDep, owned
+from ..errors import BadJSON, StrictJSONRoute, error_responses, loads_strict, validation_message
+from ..protocol import DatasetFormat, JobCreate, JobDescription, JobSpec, PromptIn, assign_ids
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
-_SUBMIT_ERRORS = {
-    404: {"model": ErrorResponse, "description": "unknown student"},
-    409: {"model": ErrorResponse, "description": "a synthesis whose strategy needs the student's calibration"},
-    413: {"model": ErrorResponse, "description": "too many or too long prompts"},
-}
-_NOT_FOUND = {404: {"model": ErrorResponse, "description": "unknown job"}}
+_SUBMIT_ERRORS = error_responses(
+    401, 404, 409, 413, 422, 503, e404="unknown student",
+    e409="a synthesis whose strategy needs the student's calibration")
+_JOB_ERRORS = error_responses(401, 404, 422, 503, e404="unknown job")
 
 
 def _too_large(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail)
 
 
-def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Teacher]) -> dict:
-    """Checks that need the service's state (limits, student, pool, router), then hands over to the job layer."""
+def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Teacher], caller: Caller) -> dict:
+    """Checks that need the service's state (limits, student, pool, router), then hands over to the job layer.
+
+    The owner is written right after the job is created: until then the job is admin-only (an
+    ownerless record), never another tenant's.
+    """
     if len(body.prompts) > settings.max_job_prompts:
         raise _too_large(f"{len(body.prompts)} prompts; at most {settings.max_job_prompts} per job")
     for prompt in body.prompts:
         if len(prompt.prompt) > settings.max_prompt_chars:
             raise _too_large(f"prompt {prompt.id!r} has {len(prompt.prompt)} characters; "
                              f"at most {settings.max_prompt_chars}")
-    store.get_student(body.student_id)  # NotFound -> 404
+    owned(store, caller, "student", body.student_id)  # NotFound -> 404
     names = [t.name for t in pool]
     unknown = [t for t in body.teachers or () if t not in names]
     if unknown:
@@ -60,14 +66,15 @@ def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Tea
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    store.set_job_owner(job_id, caller.tenant)
     return jobs.describe_job(store, job_id, settings)
 
 
 @router.post("", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED, summary="Submit a job",
              responses=_SUBMIT_ERRORS)
-def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep) -> dict:
+def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
     """Queued at once; poll ``GET /v1/jobs/{id}`` for progress."""
-    return _submit(body, settings, store, pool)
+    return _submit(body, settings, store, pool, caller)
 
 
 def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
@@ -82,17 +89,16 @@ def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"line {lineno}: not valid JSON ({exc.msg})") from None
+            obj = loads_strict(line, f"line {lineno}")
+        except BadJSON as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         if not isinstance(obj, dict):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: expected a JSON object")
         try:
             prompts.append(PromptIn.model_validate(obj))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: {problems}") from None
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"line {lineno}: {validation_message(exc.errors())}") from None
         labels.append(f"line {lineno}")
         if len(prompts) > limit:  # stop reading: the file is too big anyway
             raise _too_large(f"more than {limit} prompts; at most {limit} per job")
@@ -106,27 +112,29 @@ def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
 
 
 @router.post("/upload", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED,
-             summary="Submit a job with its prompts as a JSONL file", responses=_SUBMIT_ERRORS)
+             summary="Submit a job with its prompts as a JSONL file",
+             responses={**_SUBMIT_ERRORS, **error_responses(400, e400="broken multipart body or a spec over 1 MB")})
 def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON job body without prompts)")],
                file: Annotated[UploadFile, File(description="JSONL: one {id?, prompt, reference?} per line")],
-               settings: SettingsDep, store: StoreDep, pool: TeachersDep) -> dict:
+               settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
     """For prompt sets too big to send as one JSON body."""
     try:
-        parsed = JobSpec.model_validate_json(spec)
+        parsed = JobSpec.model_validate(loads_strict(spec, "body.spec"))
+    except BadJSON as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", "spec", *e["loc"])}
-                                      for e in exc.errors(include_url=False, include_context=False)]) from None
+        raise RequestValidationError([{**e, "loc": ("body", "spec", *e["loc"])} for e in exc.errors()]) from None
     prompts = _upload_prompts(file, settings.max_job_prompts)
-    return _submit(JobCreate(**dict(parsed), prompts=prompts), settings, store, pool)
+    return _submit(JobCreate(**dict(parsed), prompts=prompts), settings, store, pool, caller)
 
 
-@router.get("/{job_id}", response_model=JobDescription, summary="Job state and progress", responses=_NOT_FOUND)
-def get_job(job_id: IdPath, settings: SettingsDep, store: StoreDep) -> dict:
+@router.get("/{job_id}", response_model=JobDescription, summary="Job state and progress", responses=_JOB_ERRORS)
+def get_job(job_id: OwnedJobId, settings: SettingsDep, store: StoreDep) -> dict:
     return jobs.describe_job(store, job_id, settings)
 
 
-@router.delete("/{job_id}", response_model=JobDescription, summary="Cancel a job", responses=_NOT_FOUND)
-def cancel_job(job_id: IdPath, store: StoreDep, settings: SettingsDep) -> dict:
+@router.delete("/{job_id}", response_model=JobDescription, summary="Cancel a job", responses=_JOB_ERRORS)
+def cancel_job(job_id: OwnedJobId, store: StoreDep, settings: SettingsDep) -> dict:
     """Work already done is kept (its rows stay downloadable); a finished job is left as it is."""
     return jobs.cancel_job(store, job_id, settings)
 
@@ -146,11 +154,11 @@ def _json_array(rows: Iterator[dict], convert) -> Iterator[bytes]:
 
 @router.get("/{job_id}/dataset", summary="Download the dataset (partial while the job runs)",
             response_class=StreamingResponse, responses={
-                **_NOT_FOUND,
+                **_JOB_ERRORS,
                 200: {"description": "jsonl: one row {id, prompt, response, teacher, ...} per line; "
                                      "sharegpt / alpaca: a JSON array for LLaMA-Factory",
                       "content": {"application/x-ndjson": {}, "application/json": {}}}})
-def dataset(job_id: IdPath, store: StoreDep,
+def dataset(job_id: OwnedJobId, store: StoreDep,
             format: Annotated[DatasetFormat, Query(description="jsonl, sharegpt or alpaca")] = "jsonl",
             ) -> StreamingResponse:
     """Rows in prompt order; ``X-PerSyn-Job-State`` says whether more may come."""

@@ -7,20 +7,20 @@ import time
 from fastapi import APIRouter, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import MetricsDep, RouterClientDep, SettingsDep, StoreDep
-from ..protocol import ErrorResponse, RouteRequest, RouteResponse, RouteResult
+from ..deps import CallerDep, MetricsDep, RouterClientDep, SettingsDep, StoreDep, owned
+from ..errors import StrictJSONRoute, error_responses
+from ..protocol import RouteRequest, RouteResponse, RouteResult
 
-router = APIRouter(tags=["routing"])
+router = APIRouter(tags=["routing"], route_class=StrictJSONRoute)
 
 
 @router.post(
     "/route", response_model=RouteResponse, summary="Route prompts to teachers",
-    responses={404: {"model": ErrorResponse, "description": "unknown student"},
-               409: {"model": ErrorResponse, "description": "the student has no active router"},
-               413: {"model": ErrorResponse, "description": "too many or too long prompts"},
-               503: {"model": ErrorResponse, "description": "the router could not be loaded or reached"}})
+    responses=error_responses(401, 404, 409, 413, 422, 503, e404="unknown student",
+                              e409="the student has no active router",
+                              e503="Redis, or the router (its loading or the router service), is unavailable"))
 async def route(body: RouteRequest, settings: SettingsDep, store: StoreDep, metrics: MetricsDep,
-                client: RouterClientDep) -> RouteResponse:
+                client: RouterClientDep, caller: CallerDep) -> RouteResponse:
     """Per prompt: the teacher with the highest Bradley-Terry strength, the top k and every strength.
 
     Requests are batched with concurrent ones inside the router service.
@@ -32,7 +32,7 @@ async def route(body: RouteRequest, settings: SettingsDep, store: StoreDep, metr
         if len(prompt) > settings.max_prompt_chars:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                                 f"prompts[{i}] has {len(prompt)} characters; at most {settings.max_prompt_chars}")
-    await run_in_threadpool(store.get_student, body.student_id)  # NotFound -> 404
+    await run_in_threadpool(owned, store, caller, "student", body.student_id)  # NotFound -> 404
     start = time.perf_counter()
     batch = await client.route(body.student_id, body.prompts, top_k=body.top_k)
     metrics.route_latency.observe(time.perf_counter() - start)

@@ -8,8 +8,15 @@ from services.cli.common import CLIError, existing_path
 from services.cli.jobs import watch_job
 
 
+def demo_api_key(api_keys) -> str | None:
+    """The key the demo client sends: an admin key if there is one, else the first tenant's; None with auth off."""
+    if not api_keys:
+        return None
+    return next((k for k in api_keys if k.admin), api_keys[0]).key
+
+
 def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int, student_id: str,
-                 seed: int) -> dict:
+                 seed: int, api_key: str | None = None) -> dict:
     """A full calibrate -> route -> synthesize job through the REST API, with progress bars."""
     import httpx
 
@@ -17,8 +24,11 @@ def run_demo_job(base_url: str, out: Path, *, n_prompts: int, n_calibration: int
     from services.reports.plots import plot_allocation
     from services.reports.tables import format_allocation
 
-    with httpx.Client(base_url=base_url, timeout=60) as client:
-        client.post("/v1/students", json={"student_id": student_id, "family": "smollm2"}).raise_for_status()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base_url, timeout=60, headers=headers) as client:
+        response = client.post("/v1/students", json={"student_id": student_id, "family": "smollm2"})
+        if response.status_code != 201:
+            raise CLIError(f"student {student_id!r} rejected ({response.status_code}): {response.text}")
         response = client.post("/v1/jobs", json={
             "kind": "persyn", "student_id": student_id, "prompts": make_problems(n_prompts, seed=seed),
             "calibration_size": n_calibration, "seed": seed})
@@ -69,7 +79,8 @@ def cmd_up(args) -> None:
             print(f"gateway: {stack.url}  (OpenAPI docs at {stack.url}/docs; logs in {stack.work_dir / 'logs'})")
             if args.demo_job:
                 run_demo_job(stack.url, args.work_dir / "datasets", n_prompts=args.prompts,
-                             n_calibration=args.calibration, student_id=args.student, seed=args.seed)
+                             n_calibration=args.calibration, student_id=args.student, seed=args.seed,
+                             api_key=demo_api_key(settings.api_keys))
                 return
             print("serving; Ctrl-C stops everything started here")
             while all(p.poll() is None for p in [stack.gateway, *stack.workers.values()]):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
@@ -17,8 +19,46 @@ DEFAULT_ALPHA = 0.4
 DEFAULT_CALIBRATION_SIZE = 2500
 
 
-def _keys(text: str) -> tuple[str, ...]:
-    return tuple(k.strip() for k in text.split(",") if k.strip())
+#: Tenant of the records made while no API keys are configured (auth off), and of no key's own.
+DEFAULT_TENANT = "default"
+
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One accepted key: the tenant it acts for, and whether it is an admin key (sees every tenant)."""
+
+    tenant: str
+    key: str = field(repr=False)
+    admin: bool = False
+
+
+def _api_keys(text: str) -> tuple[ApiKey, ...]:
+    """``PERSYN_API_KEYS``: comma-separated ``tenant:key`` or ``tenant:key:admin`` entries.
+
+    A bare ``key`` (the form without tenants) is a tenant of its own, named after a hash of the key
+    so the key itself is never stored. Errors name the entry's position, never the key.
+    """
+    keys: list[ApiKey] = []
+    for position, entry in enumerate((e.strip() for e in text.split(",")), 1):
+        if not entry:
+            continue
+        parts = entry.split(":")
+        if len(parts) == 1:
+            key = ApiKey("key-" + hashlib.sha256(entry.encode()).hexdigest()[:12], entry)
+        elif len(parts) == 2 or (len(parts) == 3 and parts[2] == "admin"):
+            key = ApiKey(parts[0], parts[1], admin=len(parts) == 3)
+        else:
+            raise ValueError(f"entry {position}: expected 'tenant:key', 'tenant:key:admin' or a bare key")
+        if not _TENANT_NAME.match(key.tenant):
+            raise ValueError(f"entry {position}: tenant {key.tenant!r} must match {_TENANT_NAME.pattern}")
+        if not key.key:
+            raise ValueError(f"entry {position}: empty key")
+        if any(k.key == key.key for k in keys):
+            raise ValueError(f"entry {position}: the same key is listed twice")
+        keys.append(key)
+    return tuple(keys)
 
 
 def _flag(text: str) -> bool:
@@ -31,12 +71,17 @@ def _flag(text: str) -> bool:
 
 #: How an environment value becomes a setting, by the field's declared type.
 _PARSERS = {"str": str, "str | None": str, "Path": Path, "Path | None": Path, "int": int, "float": float,
-            "bool": _flag, "tuple[str, ...]": _keys}
+            "bool": _flag, "tuple[ApiKey, ...]": _api_keys}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Service settings; ``Settings.from_env()`` is what every process uses."""
+    """Service settings; ``Settings.from_env()`` is what every process uses.
+
+    ``api_keys`` (``PERSYN_API_KEYS="teamA:keyA,teamB:keyB,ops:keyC:admin"``): each key acts for a
+    tenant, whose students, jobs, routers and datasets other tenants cannot see (404); an admin key
+    sees every tenant's and may read ``/metrics``. Empty: auth off, one tenant (``DEFAULT_TENANT``).
+    """
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "persyn"
@@ -47,7 +92,7 @@ class Settings:
     reward_model: str | None = None  # reward model for prompts without a reference: local HF dir, or the
     reward_model_url: str | None = None  # model name served by this vLLM pooling endpoint when set
     router_backbone: str = "all-minilm-l6-v2"
-    api_keys: tuple[str, ...] = field(default_factory=tuple)  # empty: auth off
+    api_keys: tuple[ApiKey, ...] = field(default_factory=tuple)  # empty: auth off
     max_prompts_per_request: int = 256
     max_prompt_chars: int = 16_000
     max_job_prompts: int = 200_000

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import redis
 
+from services.core.settings import DEFAULT_TENANT
+
 JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "partial", "failed", "cancelled"})
 
@@ -54,8 +56,25 @@ return new
 """
 
 
+#: Register a student unless another tenant owns the id (a record without an owner predates tenancy
+#: and only an admin may touch it). KEYS: student hash, students set. ARGV: owner, "1" for an admin,
+#: now, id, then field/value pairs. The owner and created time of an existing student are kept.
+_REGISTER_STUDENT = """
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if exists and ARGV[2] ~= '1' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if not exists then redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'created', ARGV[3]) end
+redis.call('HSET', KEYS[1], 'id', ARGV[4], unpack(ARGV, 5))
+redis.call('SADD', KEYS[2], ARGV[4])
+return 1
+"""
+
+
 class NotFound(KeyError):
     """An unknown student, router version or job."""
+
+
+class IdTaken(LookupError):
+    """A student id another tenant already uses (ids are global)."""
 
 
 def _now() -> float:
@@ -85,14 +104,21 @@ class JobStore:
     # ------------------------------------------------------------------ students
 
     def register_student(self, student_id: str, model: str, family: str | None = None, *,
-                         endpoint: str | None = None, endpoint_model: str | None = None) -> dict:
+                         endpoint: str | None = None, endpoint_model: str | None = None,
+                         owner: str = DEFAULT_TENANT, admin: bool = True) -> dict:
         """``model`` is the student's weights (its tokenizer always); with ``endpoint`` its
-        log-probs come from that OpenAI-compatible server (vLLM) serving ``endpoint_model``."""
-        key = self._k("student", student_id)
-        self.r.hset(key, mapping={"id": student_id, "model": model, "family": family or "",
-                                  "endpoint": endpoint or "", "endpoint_model": endpoint_model or "",
-                                  "created": self.r.hget(key, "created") or _now()})
-        self.r.sadd(self._k("students"), student_id)
+        log-probs come from that OpenAI-compatible server (vLLM) serving ``endpoint_model``.
+
+        A new student belongs to ``owner``; registering again updates it, unless it belongs to
+        another tenant and the caller is no ``admin``: then ``IdTaken``, and nothing changes.
+        """
+        fields = {"model": model, "family": family or "", "endpoint": endpoint or "",
+                  "endpoint_model": endpoint_model or ""}
+        registered = self.r.register_script(_REGISTER_STUDENT)(
+            keys=[self._k("student", student_id), self._k("students")],
+            args=[owner, "1" if admin else "0", _now(), student_id, *(x for kv in fields.items() for x in kv)])
+        if not registered:
+            raise IdTaken(f"student id {student_id!r} is taken: choose another")
         return self.get_student(student_id)
 
     def get_student(self, student_id: str) -> dict:
@@ -105,6 +131,16 @@ class JobStore:
                 "endpoint": data.get("endpoint") or None, "endpoint_model": data.get("endpoint_model") or None,
                 "created": float(data["created"]), "active_version": data.get("active_version") or None,
                 "versions": versions}
+
+    def owner(self, kind: str, record_id: str) -> str | None:
+        """The tenant owning a ``student`` or ``job`` (None: made before tenancy); NotFound if unknown."""
+        record_id_field, owner = self.r.hmget(self._k(kind, record_id), "id", "owner")
+        if record_id_field is None:
+            raise NotFound(f"unknown {kind} {record_id!r}")
+        return owner
+
+    def set_job_owner(self, job_id: str, tenant: str) -> None:
+        self.r.hset(self._k("job", job_id), "owner", tenant)
 
     def list_students(self) -> list[str]:
         return sorted(self.r.smembers(self._k("students")))

@@ -13,7 +13,8 @@ Used in-process by the gateway (``router_api``) and by the standalone router ser
   pending request, then more until ``max_batch_size`` prompts are gathered or ``max_wait_ms``
   has passed since the first one arrived. While a forward pass runs, new requests queue up
   and form the next batch, so batches grow with the load. A request larger than
-  ``max_batch_size`` runs alone; an error in a forward pass fails only that batch.
+  ``max_batch_size`` runs alone. A forward pass that fails is run again request by request, so
+  the error reaches only the request that caused it.
 - **One forward at a time.** Every forward pass runs in one dedicated single-thread
   executor (the CPU or GPU is the bottleneck; the event loop only moves requests).
   Inside a pass the encoder cuts the prompts into chunks of similar token length
@@ -252,9 +253,13 @@ class RouterService:
                     request.future.set_exception(RouterServiceError("router service is closed"))
             raise
         except Exception as exc:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
+            if len(batch) > 1:  # one bad request (a prompt the tokenizer refuses) must not fail the others
+                for request in batch:
+                    if not request.future.done():
+                        await self._run_batch(router, [request])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
         start = 0
         for request in batch:

@@ -3,77 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from contextlib import contextmanager
-from uuid import uuid4
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-import yaml
 from fastapi.testclient import TestClient
 
-import services.jobs.stages
+from gateway_support import QUERIES, REDIS_URL, TEACHERS, IdleRouterClient, serve
 from router_api.app import create_app
-from services.core.settings import Settings
+from services.core.settings import ApiKey, Settings
 from services.jobs.store import JobStore
 from services.routing.client import HTTPRouterClient
 from services.routing.model import Router
-from services.routing.training import TrainConfig, train_router
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-TEACHERS = ["mathy", "poet", "middle"]
-MATHS = [f"What is {a} plus {b}? Show the sum." for a, b in zip(range(3, 23), range(40, 60))]
-POEMS = [f"Write a short poem about the {w}." for w in
-         ("sea", "moon", "forest", "rain", "winter", "city", "river", "mountain", "desert", "garden", "stars", "snow")]
-QUERIES = ["What is 12 plus 30?", "Write a short poem about the lake.", "What is 7 plus 41? Show the sum.",
-           "Write a short poem about autumn leaves."]
-
-
-class IdleRouterClient:
-    """For apps whose tests never route: nothing to load."""
-
-    async def route(self, student_id, prompts, top_k=3):
-        raise AssertionError("this app does not route")
-
-    async def readiness(self):
-        return "ok"
-
-    async def aclose(self):
-        pass
-
-
-@pytest.fixture(scope="module")
-def store():
-    prefix = f"test-gw-{uuid4().hex[:8]}"
-    store = JobStore.from_url(REDIS_URL, prefix)
-    if not store.ping():
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    yield store
-    keys = list(store.r.scan_iter(f"{prefix}:*"))
-    if keys:
-        store.r.delete(*keys)
-
-
-@pytest.fixture(scope="module")
-def pool_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pool") / "pool.yaml"
-    path.write_text(yaml.safe_dump({"teachers": [
-        {"name": name, "family": family, "size_b": size, "base_url": "http://127.0.0.1:9/v1", "model": name,
-         "cost_per_1m_output": 1.5} for name, family, size in
-        (("mathy", "qwen", 7), ("poet", "llama", 8), ("middle", "qwen", 1.5))]}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def router_dir(tmp_path_factory):
-    """A tiny real router: 'mathy' wins on sums, 'poet' on poems."""
-    scores = np.array([[1.0, 0.0, 0.5]] * len(MATHS) + [[0.0, 1.0, 0.5]] * len(POEMS))
-    router, metrics = train_router(MATHS + POEMS, TEACHERS, scores, TrainConfig(seed=0))
-    return router.save(tmp_path_factory.mktemp("router") / "v1", metrics=metrics)
 
 
 @pytest.fixture(scope="module")
@@ -95,35 +36,6 @@ def client(settings, store, students):
     """The gateway with its own in-process router service (made in the lifespan from settings)."""
     with TestClient(create_app(settings, store=store)) as client:
         yield client
-
-
-@pytest.fixture
-def enqueued(monkeypatch, pool_file):
-    """No workers consume these tests' queues: record the sends instead of making them."""
-    sent = []
-    monkeypatch.setattr(services.jobs.stages, "enqueue", lambda task, args, queue: sent.append((task, args, queue)))
-    monkeypatch.setenv("PERSYN_TEACHER_POOL", str(pool_file))  # for job-layer code that reads the environment
-    return sent
-
-
-@contextmanager
-def serve(app):
-    """Real uvicorn on a loopback port, in a background thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 # --------------------------------------------------------------------------- routing
@@ -316,7 +228,8 @@ def test_job_upload(client, store, enqueued):
     too_many = _upload(client, spec, [json.dumps({"prompt": f"q{i}"}) for i in range(6)])
     assert too_many.status_code == 413
     bad_spec = _upload(client, {**spec, "alpha": 2}, good)
-    assert bad_spec.status_code == 422 and bad_spec.json()["detail"][0]["loc"] == ["body", "spec", "alpha"]
+    assert bad_spec.status_code == 422 and "body.spec.alpha: Input should be less than or equal to 1" \
+        in bad_spec.json()["detail"]
     assert _upload(client, {**spec, "prompts": []}, good).status_code == 422
     not_json = client.post("/v1/jobs/upload", data={"spec": "{"}, files={"file": ("p.jsonl", b"{}")})
     assert not_json.status_code == 422
@@ -353,21 +266,25 @@ def test_dataset_streams_in_every_format(client, store):
 
 # --------------------------------------------------------------------------- auth, probes, docs
 
-def test_api_keys_guard_v1_but_not_the_probes(store):
-    app = create_app(Settings(key_prefix=store.p, api_keys=("k1", "k2")), store=store,
-                     router_client=IdleRouterClient())
+def test_api_keys_guard_v1_and_metrics_but_not_the_probes(store):
+    keys = (ApiKey("team-a", "k1"), ApiKey("team-b", "k2"), ApiKey("ops", "k3", admin=True))
+    app = create_app(Settings(key_prefix=store.p, api_keys=keys), store=store, router_client=IdleRouterClient())
     with TestClient(app) as client:
         missing = client.get("/v1/teachers")
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
         assert "API key" in missing.json()["detail"]
-        for header in ("Bearer k3", "Bearer k1x", "Basic k1", "Bearer ключ".encode()):
+        for header in ("Bearer k4", "Bearer k1x", "Basic k1", "Bearer ключ".encode()):
             reply = client.get("/v1/teachers", headers={"Authorization": header})
             assert reply.status_code == 401, header
         assert client.post("/v1/route", json={}).status_code == 401  # auth before validation
-        for key in ("k1", "k2"):
+        for key in ("k1", "k2", "k3"):
             assert client.get("/v1/teachers", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-        for path in ("/healthz", "/readyz", "/metrics"):
+        for path in ("/healthz", "/readyz"):
             assert client.get(path).status_code == 200, path
+        assert client.get("/metrics").status_code == 401
+        forbidden = client.get("/metrics", headers={"Authorization": "Bearer k1"})
+        assert forbidden.status_code == 403 and "admin" in forbidden.json()["detail"]
+        assert client.get("/metrics", headers={"Authorization": "Bearer k3"}).status_code == 200
 
 
 def test_readyz_reports_what_is_down(store):
@@ -388,4 +305,26 @@ def test_openapi_documents_the_api(client):
     assert {"/v1/route", "/v1/students", "/v1/jobs", "/v1/jobs/upload", "/v1/jobs/{job_id}/dataset",
             "/v1/teachers", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     route = spec["paths"]["/v1/route"]["post"]
-    assert route["tags"] == ["routing"] and route["summary"] and {"404", "409", "413", "422"} <= set(route["responses"])
+    assert route["tags"] == ["routing"] and route["summary"]
+    assert {"401", "404", "409", "413", "422", "503"} <= set(route["responses"])
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            errors = {code: r for code, r in operation["responses"].items() if code[0] in "45"}
+            if path.startswith("/v1"):
+                assert "401" in errors and (path == "/v1/teachers" or {"422", "503"} <= set(errors)), (method, path)
+            for code, response in errors.items():
+                if code != "503" or path != "/readyz":
+                    assert response["content"]["application/json"]["schema"] == error, (method, path, code)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # 422 is {"detail": str} like the rest
+    assert spec["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]["type"] == "string"
+    schemas = spec["components"]["schemas"]
+    assert schemas["RouteRequest"]["properties"]["prompts"]["items"]["minLength"] == 1
+    assert schemas["PromptIn"]["properties"]["prompt"]["minLength"] == 1
+
+
+def test_a_validation_error_is_the_documented_string_detail(client):
+    reply = client.post("/v1/route", json={"student_id": "stu-a", "prompts": ["", " \n"], "top_k": "x"})
+    assert reply.status_code == 422 and reply.json() == {"detail": "; ".join((
+        "body.prompts.0: String should have at least 1 character", "body.prompts.1: must not be empty or blank",
+        "body.top_k: Input should be a valid integer, unable to parse string as an integer"))}
