@@ -195,7 +195,7 @@ class JobDescription(BaseModel):
     n_prompts: int | None = None
     n_calibration: int | None = None
     router_version: str | None = None
-    router_gate: dict | None = Field(None, description="the publish gate on the job's router: activated, reason, checks")
+    router_gate: dict | None = Field(None, description="the router publish gate: activated, reason, checks")
     failures: dict[str, dict] = Field(default_factory=dict, description="failed items per teacher (or "
                                       "stage:NAME): items, first error")
     error: str | None = None

@@ -128,9 +128,6 @@ class Leases:
         flags = self.r.smismember(self.store._k("job", job_id, "stage", stage, "items"), items)
         return {item for item, flag in zip(items, flags) if flag}
 
-    def holder(self, job_id: str, stage: str, item: str) -> str | None:
-        return self.r.get(self._j(job_id, "lease", stage, item))
-
     def live(self, job_id: str, stage: str, items: list[str]) -> set[str]:
         """The items of ``items`` whose lease is held now."""
         if not items:

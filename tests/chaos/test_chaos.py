@@ -179,6 +179,41 @@ def test_redis_restarted_mid_job_ends_with_every_row(chaos):
             redis_retries=generate["redis_retries"], redelivered=generate["redelivered"])
 
 
+def _restart_generation_worker(stack, **env):
+    """Replace the generation worker (warm shutdown) by one with ``env`` on top of the stack's."""
+    old = stack.workers["generation"]
+    old.terminate()
+    old.wait(30)
+    stack.extra_env.pop("PERSYN_REDIS_RETRY_S", None)
+    stack.extra_env.update(env)
+    stack.start_worker("generation")
+
+
+def test_redis_down_past_the_tasks_retry_bound_is_recovered_by_the_watchdog(chaos):
+    """Tasks give up on Redis after 1 s and are acked; their items are not forgotten."""
+    stack, server, store, client, fakes = chaos
+    _restart_generation_worker(stack, PERSYN_REDIS_RETRY_S="1")
+    try:
+        prompts = _plain(12, seed=6)
+        job_id = _submit(client, "redis-long-outage", prompts, ["steady"])
+        deadline = time.time() + 60
+        while _rows_so_far(store, job_id) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        server.stop()
+        time.sleep(6)
+        server.start()
+        state, waited = _wait(store, job_id, timeout=75)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert state == "succeeded", job
+        assert sorted(r["id"] for r in _rows(client, job_id)) == sorted(p["id"] for p in prompts)
+        generate = next(s for s in job["stages"] if s["stage"] == "generate")
+        assert generate["redelivered"] >= 1 and generate["failed"] == 0
+        _report("redis-outage-past-retry-bound", down=6.0, job_end_after_restart=waited,
+                redelivered=generate["redelivered"])
+    finally:
+        _restart_generation_worker(stack)
+
+
 def test_sigkilled_worker_items_are_requeued_by_the_watchdog(chaos):
     stack, server, store, client, fakes = chaos
     prompts = _plain(10, seed=2)
