@@ -102,7 +102,7 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
     selection = select(strategy, StrategyInputs(
         teachers=names, available=np.ones((len(prompts), len(names)), dtype=bool), quality=tiled("quality"),
         learnability=learn, strengths=strengths, families={t.name: t.family for t in pool},
-        sizes={t.name: t.size_b for t in pool}, student_family=spec.get("student_family") or student["family"],
+        student_family=spec.get("student_family") or student["family"],
         strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0)))
     return [names[i] for i in selection.choice]
 

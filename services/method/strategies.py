@@ -3,6 +3,9 @@
 Each rule takes precomputed matrices (see :mod:`services.scoring.matrices`) and returns one
 teacher index per prompt, or -1 where no teacher can serve it. Strategies that pick
 one teacher for the whole set (strong, family_strong, car) report which in ``detail``.
+Mix is the paper's (appendix A.6): every prompt gets a uniformly random teacher's answer,
+drawn among the teachers that have one; ``random`` is the same draw under the name the
+service uses for its floor.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ class StrategyInputs:
     strengths: np.ndarray | None = None  # router pi(x), for persyn
     scas_costs: np.ndarray | None = None
     families: dict[str, str] = field(default_factory=dict)
-    sizes: dict[str, float] = field(default_factory=dict)
     student_family: str | None = None
     strong_teacher: str | None = None  # overrides "highest mean quality"
     car_beta: float = 1.0
@@ -106,13 +108,7 @@ def select(strategy: str, inputs: StrategyInputs) -> Selection:
         idx = int(nan_argmax(car[None])[0])
         choice = _single(inputs, idx)
         detail.update(teacher=inputs.teachers[idx], car={t: float(c) for t, c in zip(inputs.teachers, car)})
-    elif strategy == "mix":
-        strong = _strongest(inputs, strategy)
-        weak = _weak_teacher(inputs, strong)
-        pick = np.where(rng.random(len(avail)) < 0.5, strong, weak)
-        choice = np.where(avail[np.arange(len(avail)), pick], pick, -1)
-        detail.update(strong=inputs.teachers[strong], weak=inputs.teachers[weak])
-    elif strategy == "random":
+    elif strategy in ("mix", "random"):
         noise = np.where(avail, rng.random(avail.shape), np.nan)
         choice = nan_argmax(noise)
     else:  # scas: lowest learning cost
@@ -120,18 +116,6 @@ def select(strategy: str, inputs: StrategyInputs) -> Selection:
         choice = _masked_argmax(-costs, avail)
     detail["unserved"] = int((choice < 0).sum())
     return Selection(strategy, choice.astype(np.int64), detail)
-
-
-def _weak_teacher(inputs: StrategyInputs, strong: int) -> int:
-    """Mix's weak side: the smallest teacher when sizes are known, else the lowest mean quality."""
-    others = [i for i in range(len(inputs.teachers)) if i != strong]
-    if not others:
-        raise ValueError("strategy 'mix' needs at least two teachers")
-    sized = [i for i in others if inputs.sizes.get(inputs.teachers[i])]
-    if sized:
-        return min(sized, key=lambda i: inputs.sizes[inputs.teachers[i]])
-    means = mean_per_teacher(_need(inputs, "quality", "mix"))
-    return min(others, key=lambda i: (np.nan_to_num(means[i], nan=np.inf), i))
 
 
 def available_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str]) -> np.ndarray:

@@ -21,7 +21,7 @@ def inputs(**kw):
     base = dict(teachers=TEACHERS, available=available_matrix(RECORDS, TEACHERS), quality=QUALITY,
                 learnability=LEARN, scores=combine(QUALITY, LEARN, 0.4),
                 families={"big": "qwen", "small": "llama", "peer": "llama"},
-                sizes={"big": 72, "small": 1.5, "peer": 8}, student_family="llama", seed=1)
+                student_family="llama", seed=1)
     return StrategyInputs(**{**base, **kw})
 
 
@@ -50,9 +50,15 @@ def test_car_trades_quality_for_compatibility():
     assert sel.detail["teacher"] == TEACHERS[int(np.argmax(means_q / (1 + means_nll)))] == "peer"
 
 
-def test_mix_draws_from_the_strongest_and_the_smallest_teacher():
-    sel = select("mix", inputs(seed=0))
-    assert set(names(sel)) <= {"big", "small"} and sel.detail == {"strong": "big", "weak": "small", "unserved": 0}
+def test_mix_gives_each_prompt_a_uniformly_random_teacher_with_an_answer():
+    many = [ParallelRecord(id=f"q{i}", prompt="x", responses={t: t for t in TEACHERS}) for i in range(3000)]
+    many[0].responses.pop("big")
+    sel = select("mix", StrategyInputs(teachers=TEACHERS, available=available_matrix(many, TEACHERS), seed=3))
+    counts = np.bincount(sel.choice, minlength=3)
+    assert sel.detail == {"unserved": 0} and TEACHERS[sel.choice[0]] != "big"
+    assert np.all(np.abs(counts / len(many) - 1 / 3) < 0.03)  # no quality needed, no teacher favoured
+    assert np.array_equal(sel.choice, select("mix", StrategyInputs(
+        teachers=TEACHERS, available=available_matrix(many, TEACHERS), seed=3)).choice)
 
 
 def test_random_is_seeded_and_only_picks_available_teachers():
