@@ -59,7 +59,7 @@ def train(job_id: str) -> str:
             store.set_state(job_id, "failed", error=f"router training: {type(exc).__name__}: {exc}")
             return "failed"
         metrics["calibration_stats"] = {
-            name: dict(zip(teachers, np.nan_to_num(mean_per_teacher(mats[name]), nan=0.0).tolist()))
+            name: {t: v for t, v in zip(teachers, mean_per_teacher(mats[name]).tolist()) if np.isfinite(v)}
             for name in ("quality", "learnability") if np.isfinite(mats[name]).any()}
         final = settings.router_dir / student_id / version
         staging = final.with_name(final.name + ".partial")

@@ -105,9 +105,13 @@ def select(strategy: str, inputs: StrategyInputs) -> Selection:
         quality = _need(inputs, "quality", strategy)
         nll = -_need(inputs, "learnability", strategy)
         car = car_scores(mean_per_teacher(quality), mean_per_teacher(nll), inputs.car_beta)
+        excluded = [t for t, c in zip(inputs.teachers, car) if not np.isfinite(c)]
+        if len(excluded) == len(inputs.teachers):
+            raise ValueError("strategy 'car': no teacher has both a quality and a learnability statistic")
         idx = int(nan_argmax(car[None])[0])
         choice = _single(inputs, idx)
-        detail.update(teacher=inputs.teachers[idx], car={t: float(c) for t, c in zip(inputs.teachers, car)})
+        detail.update(teacher=inputs.teachers[idx], excluded=excluded,
+                      car={t: float(c) for t, c in zip(inputs.teachers, car) if np.isfinite(c)})
     elif strategy in ("mix", "random"):
         noise = np.where(avail, rng.random(avail.shape), np.nan)
         choice = nan_argmax(noise)
@@ -134,8 +138,20 @@ def dataset_rows(records: Sequence[ParallelRecord], teachers: Sequence[str], sel
 
 
 def car_scores(mean_quality: np.ndarray, mean_nll: np.ndarray, beta: float = 1.0) -> np.ndarray:
-    """Compatibility-adjusted reward per teacher: quality / (1 + beta * student NLL)."""
-    return np.asarray(mean_quality) / (1.0 + beta * np.asarray(mean_nll))
+    """Compatibility-adjusted reward per teacher: q / (1 + beta * NLL) for q >= 0, else q * (1 + beta * NLL).
+
+    The paper's ratio only ranks lower NLL higher when q >= 0; for negative mean quality
+    (raw reward-model logits often are) it would flip, so there the penalty multiplies
+    instead. Both branches meet at 0, rise with q and fall with NLL, and non-negative
+    qualities (accuracies) keep the paper's form unchanged. A teacher without either
+    statistic (NaN) scores NaN: excluded from the argmax, never 0.
+    """
+    if beta < 0:
+        raise ValueError(f"CAR beta must be >= 0, got {beta}")
+    quality = np.asarray(mean_quality, dtype=np.float64)
+    penalty = 1.0 + beta * np.asarray(mean_nll, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(quality >= 0, quality / penalty, quality * penalty)
 
 
 def scas_cost(d_a: float, d_q: float, aa: float, aq: float, lam: float = 0.5) -> float:
