@@ -45,7 +45,8 @@ def generate(self, job_id: str, stage: str, prompt_id: str, teacher_name: str) -
             teacher = rt.teachers()[teacher_name]
             store.count_attempt(job_id, key)
             reply = answer(teacher, prompt_id, prompt["prompt"], prompt.get("reference"),
-                           seed=spec.get("seed", 0), client=rt.client(teacher.base_url, teacher.model))
+                           seed=spec.get("seed", 0), client=rt.client(teacher.base_url, teacher.model),
+                           max_tokens=spec.get("max_tokens"))
         except Exception as exc:  # noqa: BLE001 - every failure is either retried or recorded
             if _transient(exc) and self.request.retries < self.max_retries:
                 raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries))

@@ -209,7 +209,7 @@ def test_calibrate_job_then_baselines_that_use_its_statistics(stack):
     submitted = {}
     for strategy in expected:
         response = client.post("/v1/jobs", json={"kind": "synthesize", "student_id": "base-student",
-                                                 "strategy": strategy, "prompts": prompts})
+                                                 "strategy": strategy, "prompts": prompts, "max_tokens": 6})
         assert response.status_code == 202, response.text
         submitted[strategy] = response.json()["id"]
     for strategy, job_id in submitted.items():
@@ -217,6 +217,7 @@ def test_calibrate_job_then_baselines_that_use_its_statistics(stack):
         assert job["state"] == "succeeded", job
         used = {r["teacher"] for r in dataset(client, job_id)}
         assert job["rows"] == len(prompts)
+        assert all(0 < u["completion_tokens"] <= 6 * u["requests"] for u in job["usage"].values())  # the job's limit
         if strategy == "mix":
             assert used <= expected[strategy]  # a uniform per-prompt draw over the pool
         else:
