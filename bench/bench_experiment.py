@@ -1,6 +1,6 @@
 """The paper's comparison on real math data, at a size a CPU finishes within about an hour.
 
-    python bench/bench_experiment.py [--train-rows 128] [--eval-rows 150] [--threads 1] [--out bench/out/experiment]
+    python bench/bench_experiment.py [--train-rows 128] [--eval-rows 100] [--threads 1] [--out bench/out/experiment]
 
 Teachers: GPT-4-1106-preview and Mixtral-8x7B-Instruct, their real answers to GSM8K
 (``../shared/data/gsm8k_parallel.jsonl``, graded 1/0). Student: SmolLM2-135M-Instruct,
@@ -33,7 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train-rows", type=int, default=128)
     p.add_argument("--calibration", type=int, default=64, help="of the training prompts, the router's")
-    p.add_argument("--eval-rows", type=int, default=150)
+    p.add_argument("--eval-rows", type=int, default=100)
     p.add_argument("--eval-set", type=Path, default=DATA / "svamp.jsonl")
     p.add_argument("--strategies", default="persyn,strong,mix,car,oracle")
     p.add_argument("--epochs", type=float, default=1.0)
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lora", action="store_true")
     p.add_argument("--max-length", type=int, default=768)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "experiment")

@@ -152,11 +152,25 @@ def run_experiment(config: ExperimentConfig) -> dict:
 
     runs: dict[str, dict] = {}
     correct: dict[str, list[bool]] = {}
-    if config.baseline:
-        _log(f"grading the untrained student on {len(items)} problems")
-        result = _grade(config, config.distill.student, items)
-        write_eval_outputs(result, items, out / BASELINE / "eval.jsonl")
-        runs[BASELINE], correct[BASELINE] = {"eval": result.summary()}, result.correct
+    summary = {"parallel": str(config.parallel), "eval_set": str(config.eval_set), "n_train": len(train),
+               "n_eval": len(items), "teachers": teachers, "alpha": config.alpha, "quality": config.quality,
+               "router": router_info, "seed": config.seed,
+               "distill": dict(vars(config.distill)) | {"learning_rate": config.distill.lr},
+               "max_new_tokens": config.max_new_tokens, "runs": runs}
+
+    def record(name: str, run: dict, result: EvalResult) -> None:
+        """Keep the run and rewrite the report, so an interrupted comparison keeps what it finished."""
+        runs[name], correct[name] = {"eval": result.summary(), **run}, result.correct
+        write_eval_outputs(result, items, out / name / "eval.jsonl")
+        _log(f"{name}: accuracy {result.accuracy:.3f} (95% CI {result.interval[0]:.3f}-{result.interval[1]:.3f})")
+        if "persyn" in correct:
+            for other, kept in runs.items():
+                kept["p_vs_persyn"] = None if other == "persyn" else round(
+                    mcnemar_p(correct["persyn"], correct[other]), 4)
+        summary["seconds"] = round(time.time() - started, 1)
+        (out / "experiment.json").write_text(json.dumps(summary, indent=1))
+        (out / "experiment.md").write_text(format_experiment_table(runs, teachers) + "\n")
+
     for strategy in config.strategies:
         selection = select(strategy, inputs)
         rows = dataset_rows(train, teachers, selection)
@@ -171,32 +185,22 @@ def run_experiment(config: ExperimentConfig) -> dict:
         trained = distill(rows, folder / "student", config.distill, name=strategy)
         _log(f"{strategy}: grading on {len(items)} problems")
         result = _grade(config, trained.model_dir, items)
-        write_eval_outputs(result, items, folder / "eval.jsonl")
         if not config.keep_models:
             shutil.rmtree(trained.model_dir, ignore_errors=True)
             shutil.rmtree(folder / "student" / "checkpoints", ignore_errors=True)
-        runs[strategy] = {"eval": result.summary(), "dataset": data, "steps": trained.steps,
+        record(strategy, {"dataset": data, "steps": trained.steps,
                           "final_loss": trained.losses[-1][1] if trained.losses else None,
-                          "train_seconds": trained.seconds}
-        correct[strategy] = result.correct
-        _log(f"{strategy}: accuracy {result.accuracy:.3f} (95% CI {result.interval[0]:.3f}-{result.interval[1]:.3f})")
-    if "persyn" in correct:
-        for name, run in runs.items():
-            run["p_vs_persyn"] = None if name == "persyn" else round(mcnemar_p(correct["persyn"], correct[name]), 4)
+                          "train_seconds": trained.seconds}, result)
+    if config.baseline:  # last: the comparison between strategies comes first when time is short
+        _log(f"grading the untrained student on {len(items)} problems")
+        record(BASELINE, {}, _grade(config, config.distill.student, items))
 
-    table = format_experiment_table(runs, teachers)
-    print(table, flush=True)
+    print(format_experiment_table(runs, teachers), flush=True)
     plot = plot_accuracy_with_intervals(
         {n: (r["eval"]["accuracy"], *r["eval"]["ci95"]) for n, r in runs.items()}, out / "accuracy.png",
         title=f"{config.distill.student} trained on {len(train)} prompts, graded on {len(items)} "
               f"({Path(config.eval_set).name}); 95% Wilson CI")
-    summary = {"parallel": str(config.parallel), "eval_set": str(config.eval_set), "n_train": len(train),
-               "n_eval": len(items), "teachers": teachers, "alpha": config.alpha, "quality": config.quality,
-               "router": router_info, "seed": config.seed,
-               "distill": {k: v for k, v in vars(config.distill).items()} | {"learning_rate": config.distill.lr},
-               "max_new_tokens": config.max_new_tokens, "runs": runs, "plot": str(plot),
-               "seconds": round(time.time() - started, 1)}
+    summary.update(plot=str(plot), seconds=round(time.time() - started, 1))
     (out / "experiment.json").write_text(json.dumps(summary, indent=1))
-    (out / "experiment.md").write_text(table + "\n")
     _log(f"done in {summary['seconds']:.0f} s: {out / 'experiment.md'}, {plot}")
     return summary
