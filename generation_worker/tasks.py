@@ -99,7 +99,7 @@ def _ask(task, spec: dict, prompts: dict, pool: dict, todo: list[tuple[str, str,
         p, t, _ = item
         teacher = pool[t]
         return answer(teacher, p, prompts[p]["prompt"], prompts[p].get("reference"), seed=spec.get("seed", 0),
-                      client=rt.client(teacher.base_url, teacher.model))
+                      client=rt.client(teacher.base_url, teacher.model), max_tokens=spec.get("max_tokens"))
 
     fresh: dict[str, dict] = {}
     retry: list[tuple[str, str]] = []

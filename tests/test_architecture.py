@@ -22,6 +22,8 @@ ALLOWED = {
     "services.synthesis": {"services.core", "services.method", "services.scoring", "services.clients",
                            "services.routing", "services.demo", "services.reports"},
     "services.embedded": {"services.core", "services.jobs", "services.demo"},
+    "services.student": {"services.core", "services.method", "services.scoring", "services.clients",
+                         "services.routing", "services.reports"},
     "router_api": {"services", "services.core", "services.method", "services.jobs", "services.routing"},
 }
 WORKERS = ("generation_worker", "scoring_worker", "training_worker")

@@ -129,7 +129,7 @@ def _train(job_id: str) -> str:
             conclude(store, job_id, error=f"router training: {type(exc).__name__}: {exc}", settings=settings)
             return "failed"
         metrics["calibration_stats"] = {
-            name: dict(zip(teachers, np.nan_to_num(mean_per_teacher(mats[name]), nan=0.0).tolist()))
+            name: {t: v for t, v in zip(teachers, mean_per_teacher(mats[name]).tolist()) if np.isfinite(v)}
             for name in ("quality", "learnability") if np.isfinite(mats[name]).any()}
         metrics["gate"] = {**gate.as_dict(), "best_single_teacher": teachers[best_single_teacher(mats["combined"])]}
         final = settings.router_dir / student_id / version
@@ -178,7 +178,7 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
     selection = select(strategy, StrategyInputs(
         teachers=names, available=np.ones((len(prompts), len(names)), dtype=bool), quality=tiled("quality"),
         learnability=learn, strengths=strengths, families={t.name: t.family for t in pool},
-        sizes={t.name: t.size_b for t in pool}, student_family=spec.get("student_family") or student["family"],
+        student_family=spec.get("student_family") or student["family"],
         strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0)))
     return [names[i] for i in selection.choice]
 

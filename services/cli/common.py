@@ -21,6 +21,16 @@ def alpha_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"alpha must be a number in [0, 1], got {text!r}") from exc
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def existing_path(text: str) -> Path:
     path = Path(text)
     if not path.exists():

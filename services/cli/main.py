@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import data, jobs, pipeline, routers, scores, service
+from services.cli import data, jobs, pipeline, routers, scores, service, student
 from services.cli.common import EXIT_USAGE, CLIError
 from services.core.models import ModelNotFound
 from services.method.formats import FormatError
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persyn", description="PerSyn: route each prompt to the teacher this "
                                      "student learns best from, then generate only there.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (pipeline, service, jobs, data, scores, routers):
+    for group in (pipeline, service, jobs, data, scores, routers, student):
         group.register(sub)
     return parser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.cli.common import alpha_arg, existing_path
+from services.cli.common import alpha_arg, existing_path, positive_int
 
 
 def cmd_pipeline(args) -> None:
@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--student", default=None)
     p.add_argument("--alpha", type=alpha_arg, default=0.4)
     p.add_argument("--backbone", default="all-minilm-l6-v2")
-    p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--max-tokens", type=positive_int, default=None,
+                   help="answer limit for every teacher (default: each teacher's own max_tokens)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pipeline)

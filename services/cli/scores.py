@@ -41,18 +41,17 @@ def cmd_select(args) -> None:
 
     records, teachers = load_parallel_file(args.parallel)
     cache = ScoreCache(args.cache)
-    families, sizes = {}, {}
+    families = {}
     if args.pool:
         from services.method.formats import load_teacher_pool
 
-        pool = load_teacher_pool(args.pool)
-        families, sizes = {t.name: t.family for t in pool}, {t.name: t.size_b for t in pool}
+        families = {t.name: t.family for t in load_teacher_pool(args.pool)}
     quality = learn = scores = strengths = costs = None
     if args.strategy in ("car", "scas") and not args.student:
         raise CLIError(f"strategy {args.strategy} needs --student")
     if args.strategy == "oracle":
         quality, learn, scores = ground_truth(args, records, teachers, cache)
-    elif args.strategy == "car" or (args.strategy in ("strong", "family_strong", "mix") and not args.strong_teacher):
+    elif args.strategy == "car" or (args.strategy in ("strong", "family_strong") and not args.strong_teacher):
         from services.scoring.matrices import learnability_matrix, quality_matrix
 
         quality = quality_matrix(records, teachers, args.quality, cache=cache)
@@ -73,7 +72,7 @@ def cmd_select(args) -> None:
         costs = scas_cost_matrix(records, teachers, args.student, cache=cache, progress=True)
     inputs = StrategyInputs(teachers=teachers, available=available_matrix(records, teachers), quality=quality,
                             learnability=learn, scores=scores, strengths=strengths, scas_costs=costs,
-                            families=families, sizes=sizes, student_family=args.student_family,
+                            families=families, student_family=args.student_family,
                             strong_teacher=args.strong_teacher, car_beta=args.beta, seed=args.seed)
     selection = select(args.strategy, inputs)
     rows = dataset_rows(records, teachers, selection)
@@ -99,7 +98,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--name", default=None)
     p.add_argument("--router", type=existing_path, default=None, help="router artifact (strategy persyn)")
-    p.add_argument("--pool", type=existing_path, default=None, help="teacher pool YAML (families and sizes)")
+    p.add_argument("--pool", type=existing_path, default=None, help="teacher pool YAML (teacher families, for family_strong)")
     p.add_argument("--student-family", default=None)
     p.add_argument("--strong-teacher", default=None)
     p.add_argument("--beta", type=float, default=1.0, help="CAR's weight on student NLL")

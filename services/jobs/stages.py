@@ -35,7 +35,7 @@ JOB_KINDS = ("calibrate", "synthesize", "persyn")
 #: Strategies that need every teacher's answer to every prompt before choosing.
 GENERATE_THEN_SELECT = ("oracle", "scas")
 #: Strategies that choose from the student's calibration statistics (its active router version).
-NEEDS_CALIBRATION = ("persyn", "car", "family_strong", "mix", "strong")
+NEEDS_CALIBRATION = ("persyn", "car", "family_strong", "strong")
 
 GENERATE_TASK = "persyn.generation.generate"
 SCORE_TASK = "persyn.scoring.score"

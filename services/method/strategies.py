@@ -3,6 +3,9 @@
 Each rule takes precomputed matrices (see :mod:`services.scoring.matrices`) and returns one
 teacher index per prompt, or -1 where no teacher can serve it. Strategies that pick
 one teacher for the whole set (strong, family_strong, car) report which in ``detail``.
+Mix is the paper's (appendix A.6): every prompt gets a uniformly random teacher's answer,
+drawn among the teachers that have one; ``random`` is the same draw under the name the
+service uses for its floor.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ class StrategyInputs:
     strengths: np.ndarray | None = None  # router pi(x), for persyn
     scas_costs: np.ndarray | None = None
     families: dict[str, str] = field(default_factory=dict)
-    sizes: dict[str, float] = field(default_factory=dict)
     student_family: str | None = None
     strong_teacher: str | None = None  # overrides "highest mean quality"
     car_beta: float = 1.0
@@ -103,16 +105,14 @@ def select(strategy: str, inputs: StrategyInputs) -> Selection:
         quality = _need(inputs, "quality", strategy)
         nll = -_need(inputs, "learnability", strategy)
         car = car_scores(mean_per_teacher(quality), mean_per_teacher(nll), inputs.car_beta)
+        excluded = [t for t, c in zip(inputs.teachers, car) if not np.isfinite(c)]
+        if len(excluded) == len(inputs.teachers):
+            raise ValueError("strategy 'car': no teacher has both a quality and a learnability statistic")
         idx = int(nan_argmax(car[None])[0])
         choice = _single(inputs, idx)
-        detail.update(teacher=inputs.teachers[idx], car={t: float(c) for t, c in zip(inputs.teachers, car)})
-    elif strategy == "mix":
-        strong = _strongest(inputs, strategy)
-        weak = _weak_teacher(inputs, strong)
-        pick = np.where(rng.random(len(avail)) < 0.5, strong, weak)
-        choice = np.where(avail[np.arange(len(avail)), pick], pick, -1)
-        detail.update(strong=inputs.teachers[strong], weak=inputs.teachers[weak])
-    elif strategy == "random":
+        detail.update(teacher=inputs.teachers[idx], excluded=excluded,
+                      car={t: float(c) for t, c in zip(inputs.teachers, car) if np.isfinite(c)})
+    elif strategy in ("mix", "random"):
         noise = np.where(avail, rng.random(avail.shape), np.nan)
         choice = nan_argmax(noise)
     else:  # scas: lowest learning cost
@@ -120,18 +120,6 @@ def select(strategy: str, inputs: StrategyInputs) -> Selection:
         choice = _masked_argmax(-costs, avail)
     detail["unserved"] = int((choice < 0).sum())
     return Selection(strategy, choice.astype(np.int64), detail)
-
-
-def _weak_teacher(inputs: StrategyInputs, strong: int) -> int:
-    """Mix's weak side: the smallest teacher when sizes are known, else the lowest mean quality."""
-    others = [i for i in range(len(inputs.teachers)) if i != strong]
-    if not others:
-        raise ValueError("strategy 'mix' needs at least two teachers")
-    sized = [i for i in others if inputs.sizes.get(inputs.teachers[i])]
-    if sized:
-        return min(sized, key=lambda i: inputs.sizes[inputs.teachers[i]])
-    means = mean_per_teacher(_need(inputs, "quality", "mix"))
-    return min(others, key=lambda i: (np.nan_to_num(means[i], nan=np.inf), i))
 
 
 def available_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str]) -> np.ndarray:
@@ -150,8 +138,20 @@ def dataset_rows(records: Sequence[ParallelRecord], teachers: Sequence[str], sel
 
 
 def car_scores(mean_quality: np.ndarray, mean_nll: np.ndarray, beta: float = 1.0) -> np.ndarray:
-    """Compatibility-adjusted reward per teacher: quality / (1 + beta * student NLL)."""
-    return np.asarray(mean_quality) / (1.0 + beta * np.asarray(mean_nll))
+    """Compatibility-adjusted reward per teacher: q / (1 + beta * NLL) for q >= 0, else q * (1 + beta * NLL).
+
+    The paper's ratio only ranks lower NLL higher when q >= 0; for negative mean quality
+    (raw reward-model logits often are) it would flip, so there the penalty multiplies
+    instead. Both branches meet at 0, rise with q and fall with NLL, and non-negative
+    qualities (accuracies) keep the paper's form unchanged. A teacher without either
+    statistic (NaN) scores NaN: excluded from the argmax, never 0.
+    """
+    if beta < 0:
+        raise ValueError(f"CAR beta must be >= 0, got {beta}")
+    quality = np.asarray(mean_quality, dtype=np.float64)
+    penalty = 1.0 + beta * np.asarray(mean_nll, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(quality >= 0, quality / penalty, quality * penalty)
 
 
 def scas_cost(d_a: float, d_q: float, aa: float, aq: float, lam: float = 0.5) -> float:

@@ -58,3 +58,31 @@ def plot_router_quality(table: dict[str, dict[str, float]], path: str | Path,
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_training_loss(losses: list[tuple[int, float]], path: str | Path, *, title: str = "Training loss") -> Path:
+    """Training loss per optimiser step (the response tokens' mean NLL)."""
+    plt = _pyplot()
+    steps, values = zip(*losses)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(steps, values, marker="." if len(steps) < 60 else None, color="#3b6ea8")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_accuracy_with_intervals(results: dict[str, tuple[float, float, float]], path: str | Path,
+                                 *, title: str = "Student accuracy") -> Path:
+    """One bar per run: accuracy with its confidence interval, ``{name: (acc, low, high)}``."""
+    plt = _pyplot()
+    names = list(results)
+    acc = np.array([results[n][0] for n in names])
+    err = np.array([[acc[i] - results[n][1], results[n][2] - acc[i]] for i, n in enumerate(names)]).T
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.6))
+    bars = ax.bar(names, 100 * acc, yerr=100 * err, capsize=4, color="#3b6ea8")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, max(5.0, 100 * float(np.max(acc + err[1])) * 1.15))
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -22,7 +22,7 @@ from services.core.cache import ScoreCache
 from services.core.models import SMOLLM2
 from services.method.costs import generation_counts
 from services.method.export import FORMATS, export_dataset
-from services.method.formats import ParallelRecord, Teacher, load_prompts, load_teacher_pool, write_jsonl
+from services.method.formats import ParallelRecord, load_prompts, load_teacher_pool, write_jsonl
 from services.method.pairs import make_pairs
 from services.method.rewards import check_alpha, combine, nan_argmax
 from services.reports.plots import plot_allocation
@@ -42,7 +42,7 @@ class PipelineConfig:
     alpha: float = 0.4
     normalisation: str = "zscore"
     backbone: str = "all-minilm-l6-v2"
-    max_tokens: int = 160
+    max_tokens: int | None = None  # the job's answer limit for every teacher; None: each teacher's own
     workers: int = 4
     seed: int = 0
     progress: bool = True
@@ -62,12 +62,6 @@ def _load_prompts(config: PipelineConfig) -> list[dict]:
     from services.demo.problems import make_problems
 
     return make_problems(config.n_prompts, seed=config.seed)
-
-
-def _with_max_tokens(teachers: list[Teacher], max_tokens: int) -> list[Teacher]:
-    for t in teachers:
-        t.sampling = {**t.sampling, "max_tokens": min(int(t.sampling.get("max_tokens", max_tokens)), max_tokens)}
-    return teachers
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
@@ -97,7 +91,6 @@ def run_pipeline(config: PipelineConfig) -> dict:
             pool = stack.enter_context(DemoPool())
             teachers = pool.teachers
             pool_label = "demo pool (not real teachers)"
-        teachers = _with_max_tokens(teachers, config.max_tokens)
         names = [t.name for t in teachers]
         by_name = {t.name: t for t in teachers}
         check_teachers(teachers)
@@ -105,7 +98,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         _log(f"calibration: {n_cal} prompts x {len(teachers)} teachers (parallel answers)")
         cal_answers = generate_many(
             [(t, prompts[i]["id"], prompts[i]["prompt"], prompts[i]["reference"]) for i in cal_idx for t in teachers],
-            max_workers=config.workers, progress=config.progress, seed=config.seed)
+            max_workers=config.workers, progress=config.progress, seed=config.seed, max_tokens=config.max_tokens)
         records = [
             ParallelRecord(id=prompts[i]["id"], prompt=prompts[i]["prompt"], reference=str(prompts[i]["reference"]),
                            responses={t: cal_answers[(prompts[i]["id"], t)].text for t in names})
@@ -133,7 +126,8 @@ def run_pipeline(config: PipelineConfig) -> dict:
         _log(f"routing {len(rest)} prompts, then each teacher answers only its own")
         answers = generate_many(
             [(by_name[r.teacher], p["id"], p["prompt"], p["reference"]) for p, r in zip(rest, routed)],
-            max_workers=config.workers, progress=config.progress, seed=config.seed + 1)
+            max_workers=config.workers, progress=config.progress, seed=config.seed + 1,
+            max_tokens=config.max_tokens)
 
     best = nan_argmax(scores)
     rows = []

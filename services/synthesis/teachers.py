@@ -2,6 +2,7 @@
 
 ``generate`` draws n samples from one teacher; ``generate_math`` applies the SPEC step-9
 rule (k samples at temperature 0.6, keep one math-verify accepts, else one at random);
+``answer`` decodes a prompt without a reference greedily (temperature 0), as the paper does;
 ``generate_many`` fans a list of jobs out over a thread pool, one HTTP client per
 (base_url, model).
 """
@@ -23,6 +24,8 @@ MATH_SAMPLES_SMALL = 4
 MATH_SAMPLES_LARGE = 2
 LARGE_TEACHER_B = 72.0
 MATH_TEMPERATURE = 0.6
+#: Prompts without a reference are decoded greedily (the paper's setting for non-math data).
+GREEDY_TEMPERATURE = 0.0
 
 
 @dataclass
@@ -110,17 +113,22 @@ def math_samples_for(teacher: Teacher) -> int:
     return MATH_SAMPLES_SMALL
 
 
+def _decoding(temperature: float, max_tokens: int | None) -> dict:
+    """What a job's decoding settings override in the teacher's sampling."""
+    return {"temperature": temperature, **({} if max_tokens is None else {"max_tokens": int(max_tokens)})}
+
+
 def generate_math(teacher: Teacher, prompt: str, reference: str, *, rng: random.Random,
-                  client: OpenAICompatClient | None = None) -> GeneratedAnswer:
+                  client: OpenAICompatClient | None = None, max_tokens: int | None = None) -> GeneratedAnswer:
     """Sample k answers at temperature 0.6; keep one math-verify accepts, else a random one.
 
     Seeds and the final pick come from ``rng``, so a seeded rng reproduces the job
-    (given a server that honours ``seed``).
+    (given a server that honours ``seed``). ``max_tokens`` replaces the teacher's own limit.
     """
     k = math_samples_for(teacher)
     seed = rng.randrange(2**31 - k)
     samples = generate(teacher, prompt, n=k, seed=seed, client=client,
-                       sampling={"temperature": MATH_TEMPERATURE})
+                       sampling=_decoding(MATH_TEMPERATURE, max_tokens))
     rewards = [math_verify_reward(s.text, reference) for s in samples]
     correct = [i for i, r in enumerate(rewards) if r > 0]
     pick = rng.choice(correct) if correct else rng.randrange(len(samples))
@@ -136,16 +144,18 @@ Job = tuple  # (teacher, prompt_id, prompt, reference | None)
 
 
 def answer(teacher: Teacher, prompt_id: str, prompt: str, reference: str | None, *, seed: int = 0,
-           client: OpenAICompatClient | None = None) -> GeneratedAnswer:
-    """One (prompt, teacher) job: math rejection sampling with a reference, else one sample.
+           client: OpenAICompatClient | None = None, max_tokens: int | None = None) -> GeneratedAnswer:
+    """One (prompt, teacher) job: math rejection sampling with a reference, else one greedy answer.
 
     Seeds come from ``(seed, prompt_id, teacher.name)``, so a retried or redelivered
-    job asks the teacher the same thing.
+    job asks the teacher the same thing. ``max_tokens`` (the job's) replaces the
+    teacher's own limit; None keeps it.
     """
     rng = random.Random(f"{seed}:{prompt_id}:{teacher.name}")
     if reference is not None:
-        return generate_math(teacher, prompt, str(reference), rng=rng, client=client)
-    [res] = generate(teacher, prompt, n=1, seed=rng.randrange(2**31), client=client)
+        return generate_math(teacher, prompt, str(reference), rng=rng, client=client, max_tokens=max_tokens)
+    [res] = generate(teacher, prompt, n=1, seed=rng.randrange(2**31), client=client,
+                     sampling=_decoding(GREEDY_TEMPERATURE, max_tokens))
     return GeneratedAnswer(text=res.text, n_samples=1, n_correct=0, verified=False,
                            checked=False, completion_tokens=res.completion_tokens,
                            finish_reason=res.finish_reason)
@@ -153,11 +163,11 @@ def answer(teacher: Teacher, prompt_id: str, prompt: str, reference: str | None,
 
 def generate_many(jobs: Iterable[Sequence], *, max_workers: int = 4, progress: bool = True,
                   seed: int = 0, return_exceptions: bool = False,
-                  timeout: float = 120.0) -> dict[tuple[str, str], GeneratedAnswer | BaseException]:
+                  timeout: float = 120.0, max_tokens: int | None = None) -> dict[tuple[str, str], GeneratedAnswer | BaseException]:
     """Run ``(teacher, prompt_id, prompt, reference|None)`` jobs on a thread pool.
 
-    Jobs with a reference go through :func:`generate_math`; the others draw one sample
-    with the teacher's own sampling. Each job's seeds come from ``(seed, prompt_id,
+    Jobs with a reference go through :func:`generate_math`; the others are answered
+    greedily (:func:`answer`), all with ``max_tokens`` when set. Each job's seeds come from ``(seed, prompt_id,
     teacher.name)``, so results do not depend on scheduling. Returns
     ``{(prompt_id, teacher.name): GeneratedAnswer}``. With ``return_exceptions`` a failed
     job maps to its exception; otherwise the first failure cancels pending jobs and is
@@ -179,7 +189,8 @@ def generate_many(jobs: Iterable[Sequence], *, max_workers: int = 4, progress: b
 
     def run(job: tuple) -> GeneratedAnswer:
         teacher, prompt_id, prompt, reference = job
-        return answer(teacher, str(prompt_id), prompt, reference, seed=seed, client=get_client(teacher))
+        return answer(teacher, str(prompt_id), prompt, reference, seed=seed, client=get_client(teacher),
+                      max_tokens=max_tokens)
 
     from tqdm import tqdm
 

@@ -21,7 +21,7 @@ def inputs(**kw):
     base = dict(teachers=TEACHERS, available=available_matrix(RECORDS, TEACHERS), quality=QUALITY,
                 learnability=LEARN, scores=combine(QUALITY, LEARN, 0.4),
                 families={"big": "qwen", "small": "llama", "peer": "llama"},
-                sizes={"big": 72, "small": 1.5, "peer": 8}, student_family="llama", seed=1)
+                student_family="llama", seed=1)
     return StrategyInputs(**{**base, **kw})
 
 
@@ -50,9 +50,15 @@ def test_car_trades_quality_for_compatibility():
     assert sel.detail["teacher"] == TEACHERS[int(np.argmax(means_q / (1 + means_nll)))] == "peer"
 
 
-def test_mix_draws_from_the_strongest_and_the_smallest_teacher():
-    sel = select("mix", inputs(seed=0))
-    assert set(names(sel)) <= {"big", "small"} and sel.detail == {"strong": "big", "weak": "small", "unserved": 0}
+def test_mix_gives_each_prompt_a_uniformly_random_teacher_with_an_answer():
+    many = [ParallelRecord(id=f"q{i}", prompt="x", responses={t: t for t in TEACHERS}) for i in range(3000)]
+    many[0].responses.pop("big")
+    sel = select("mix", StrategyInputs(teachers=TEACHERS, available=available_matrix(many, TEACHERS), seed=3))
+    counts = np.bincount(sel.choice, minlength=3)
+    assert sel.detail == {"unserved": 0} and TEACHERS[sel.choice[0]] != "big"
+    assert np.all(np.abs(counts / len(many) - 1 / 3) < 0.03)  # no quality needed, no teacher favoured
+    assert np.array_equal(sel.choice, select("mix", StrategyInputs(
+        teachers=TEACHERS, available=available_matrix(many, TEACHERS), seed=3)).choice)
 
 
 def test_random_is_seeded_and_only_picks_available_teachers():
@@ -93,3 +99,24 @@ def test_missing_inputs_and_unknown_names_are_clear_errors():
 def test_car_prefers_compatible_teacher_over_slightly_better_one():
     car = car_scores(np.array([8.0, 7.5]), np.array([2.0, 0.5]))
     assert car.argmax() == 1
+
+
+def test_car_stays_monotone_when_mean_quality_is_negative():
+    # Raw reward-model logits: the paper's ratio would rank NLL 2.0 above NLL 0.5 here.
+    car = car_scores(np.array([-2.0, -2.0]), np.array([0.5, 2.0]))
+    assert car[0] > car[1]
+    q, nll = np.linspace(-3, 3, 13), np.linspace(0, 4, 9)
+    grid = car_scores(q[:, None], nll[None, :], beta=0.7)
+    assert np.all(np.diff(grid, axis=0) > 0) and np.all(np.diff(grid[q != 0], axis=1) < 0)
+    assert np.allclose(grid[q >= 0], q[q >= 0, None] / (1 + 0.7 * nll))  # non-negative: the paper's form
+
+
+def test_car_excludes_a_teacher_without_statistics_instead_of_scoring_it_zero():
+    quality = QUALITY.copy()
+    quality[:, 2] = np.nan  # "peer", CAR's pick on complete statistics, was never scored
+    sel = select("car", inputs(quality=quality))
+    assert sel.detail["teacher"] != "peer" and sel.detail["excluded"] == ["peer"]
+    assert set(sel.detail["car"]) == {"big", "small"}
+    assert np.isnan(car_scores(np.array([1.0, np.nan]), np.array([0.1, 0.1]))[1])
+    with pytest.raises(ValueError, match="no teacher has both"):
+        select("car", inputs(quality=np.full_like(QUALITY, np.nan)))

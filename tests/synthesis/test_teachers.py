@@ -17,6 +17,7 @@ pytest.importorskip("xllamacpp")
 from services.demo.pool import DEMO_MODEL_ALIAS, DemoPool, write_demo_pool_yaml  # noqa: E402
 from services.synthesis.teachers import (  # noqa: E402
     GeneratedAnswer,
+    answer,
     build_messages,
     generate,
     generate_many,
@@ -100,6 +101,17 @@ def test_max_tokens_respected_and_n(teachers):
     for r in res:
         assert 0 < r.completion_tokens <= 5
         assert r.finish_reason == "length"
+
+
+def test_answer_decodes_non_math_greedily_and_honours_the_jobs_max_tokens(pool):
+    creative = next(t for t in pool.teachers if t.name == "demo-creative")  # temperature 1.0 by default
+    prompt = "Describe the sea in two sentences."
+    texts = {answer(creative, "sea", prompt, None, seed=s, max_tokens=12).text for s in range(3)}
+    assert len(texts) == 1  # different seeds, one answer: greedy
+    short = answer(creative, "sea", prompt, None, max_tokens=3)
+    assert 0 < short.completion_tokens <= 3 and short.finish_reason == "length"
+    math = answer(creative, "m", "What is 17 * 23? Think step by step.", "391", max_tokens=4)
+    assert math.n_samples == 4 and 0 < math.completion_tokens <= 4 * 4
 
 
 def test_math_samples_for():
