@@ -48,6 +48,6 @@ def router_dir(tmp_path_factory):
 def enqueued(monkeypatch, pool_file):
     """No workers consume these tests' queues: record the sends instead of making them."""
     sent = []
-    monkeypatch.setattr(services.jobs.stages, "enqueue", lambda task, args, queue: sent.append((task, args, queue)))
+    monkeypatch.setattr(services.jobs.stages, "enqueue_many", lambda messages: sent.extend(messages))
     monkeypatch.setenv("PERSYN_TEACHER_POOL", str(pool_file))  # for job-layer code that reads the environment
     return sent

@@ -27,7 +27,7 @@ def test_the_demo_key_is_an_admin_key_else_the_first_tenants():
 def gateway(store, pool_file):
     settings = Settings(redis_url=REDIS_URL, key_prefix=store.p, teacher_pool=pool_file, api_keys=KEYS)
     with pytest.MonkeyPatch.context() as patch:  # no worker runs the job: the test ends it
-        patch.setattr(services.jobs.stages, "enqueue", lambda task, args, queue: None)
+        patch.setattr(services.jobs.stages, "enqueue_many", lambda messages: None)
         with serve(create_app(settings, store=store, router_client=IdleRouterClient())) as url:
             yield url
 

@@ -168,8 +168,9 @@ def test_calibrate_job_fans_out_over_the_pool(client, enqueued):
                                               calibration_size=2, teachers=["mathy", "poet"], prompts=prompts))
     assert reply.status_code == 202, reply.text
     assert reply.json()["stage"] == "calibration.generate" and reply.json()["n_calibration"] == 2
-    assert sorted(args[2:] for _, args, _ in enqueued) == [["p000001", "mathy"], ["p000001", "poet"],
-                                                           ["p000002", "mathy"], ["p000002", "poet"]]
+    # every calibration prompt x every chosen teacher, in chunks of items
+    assert sorted(tuple(pair) for _, args, _ in enqueued for pair in args[3]) == [
+        ("p000001", "mathy"), ("p000001", "poet"), ("p000002", "mathy"), ("p000002", "poet")]
 
 
 def test_ids_that_could_reach_other_redis_keys_are_rejected(client, store):

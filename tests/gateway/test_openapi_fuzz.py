@@ -32,7 +32,7 @@ def base_url(store, pool_file, router_dir):
                                 api_keys=(ApiKey("fuzz", "fuzz-key"),), max_prompts_per_request=4,
                                 max_prompt_chars=200, max_job_prompts=5)
     with pytest.MonkeyPatch.context() as patch:  # no worker consumes these jobs' queues
-        patch.setattr(services.jobs.stages, "enqueue", lambda task, args, queue: None)
+        patch.setattr(services.jobs.stages, "enqueue_many", lambda messages: None)
         with serve(create_app(gateway_settings, store=store)) as url:
             yield url
 

@@ -47,7 +47,7 @@ def b_student(client, store, router_dir):
 def b_job(client, store, b_student, pool_file):
     """B's job, submitted through the API (no worker runs it), with one dataset row."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(services.jobs.stages, "enqueue", lambda task, args, queue: None)
+        patch.setattr(services.jobs.stages, "enqueue_many", lambda messages: None)
         reply = client.post("/v1/jobs", headers=B, json={
             "kind": "synthesize", "student_id": b_student, "strategy": "random",
             "prompts": [{"id": "q1", "prompt": "What is 1 plus 2?"}]})
