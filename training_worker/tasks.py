@@ -35,7 +35,7 @@ def _calibration_matrices(job_id: str, teachers: list[str]) -> tuple[list[str], 
 @lru_cache(maxsize=4)
 def _router(path: str) -> Router:
     """Routers stay loaded for the life of the worker process (a version's artifact never changes)."""
-    return Router.load(path, device=rt.settings().device)
+    return Router.load(path, device=rt.settings().device, precision=rt.settings().precision)
 
 
 @app.task(name=TRAIN_TASK)

@@ -35,7 +35,7 @@ def stack(tmp_path_factory):
         pool_file = dump_teacher_pool(teachers, work / "pool.yaml")
         with LocalStack(work_dir=work, key_prefix=prefix, teacher_pool=pool_file,
                         concurrency={"generation": 2, "scoring": 1, "training": 1},
-                        extra_env={"PERSYN_VISIBILITY_TIMEOUT_S": "15"}) as running:
+                        extra_env={"PERSYN_VISIBILITY_TIMEOUT_S": "15", "PERSYN_PRECISION": "fp32"}) as running:
             store = JobStore.from_url(running.redis_url, prefix)
             with httpx.Client(base_url=running.url, timeout=60) as client:
                 yield running, store, client, [t.name for t in teachers]

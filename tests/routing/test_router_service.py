@@ -275,7 +275,8 @@ def test_client_from_settings():
 
 @pytest.fixture(scope="module")
 def server(store):
-    settings = Settings(redis_url=REDIS_URL, key_prefix=store.p, device="cpu", batch_max_wait_ms=20)
+    settings = Settings(redis_url=REDIS_URL, key_prefix=store.p, device="cpu", precision="fp32",
+                        batch_max_wait_ms=20)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
