@@ -105,7 +105,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(store, 
     student = _student(store, artifacts)
     loads = []
     original = Router.load
-    monkeypatch.setattr(Router, "load", lambda path, device=None: loads.append(path) or original(path, device=device))
+    monkeypatch.setattr(Router, "load", lambda path, **kw: loads.append(path) or original(path, **kw))
     prompts = [QUERIES[i % len(QUERIES)] + f" (variant {i})" for i in range(20)]
     batches: list[int] = []
 
