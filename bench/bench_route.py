@@ -8,7 +8,13 @@ request carries ONE prompt, from arena_parallel.jsonl when it is there). Prints 
 ratios throughput(c=32, on) / throughput(c=32, off) (target >= 4x) and p99(c=32, on) / p99(c=1, on)
 (target <= 3x).
 
+``--mode ceiling`` instead compares the batching server at concurrency 32 with the ceiling: the same
+router artifact loaded in this process (``Router.load``, same ``--precision``) running encoder + head
+on batches of 32 prompts with no HTTP, slices alternating between the two (target: HTTP >= 0.8 of the
+ceiling's prompts/s). ``--precision`` (default auto) sets PERSYN_PRECISION for the servers.
+
     python bench/bench_route.py [--target gateway|router-server] [--requests 200] [--prompts arena|short]
+                                [--mode batching|ceiling] [--precision auto|fp32|bf16]
 """
 
 from __future__ import annotations
@@ -164,6 +170,65 @@ async def run_both(target: str, env: dict[str, str], prompts: list[str], n_reque
                 proc.kill()
 
 
+def mean_batch_size(metrics: str) -> float | None:
+    """Mean prompts per forward pass from the gateway's Prometheus text (warm-up included)."""
+    values = {}
+    for line in metrics.splitlines():
+        for name in ("persyn_router_batch_size_sum", "persyn_router_batch_size_count"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    count = values.get("persyn_router_batch_size_count")
+    return values["persyn_router_batch_size_sum"] / count if count else None
+
+
+async def run_vs_ceiling(target: str, env: dict[str, str], prompts: list[str], n_requests: int, warmup: int,
+                         rounds: int, router_dir: Path, precision: str, concurrency: int = 32) -> dict[str, float]:
+    """The batching server at ``concurrency`` against the same router in this process on batches of
+    ``concurrency`` prompts, in ``rounds`` alternating slices; prompts/s of each."""
+    from services.routing.model import Router
+
+    _, path, health = TARGETS[target]
+    router = Router.load(router_dir, precision=precision)
+    port = free_port()
+    proc = start_server(target, {**env, "PERSYN_ROUTER_BATCHING": "1"}, port)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}{health}", proc)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
+            await load_level(client, path, prompts, 8, warmup, offset=len(prompts) // 2)
+            router.route(prompts[:concurrency])  # warm-up
+            per_round = max(concurrency, n_requests // rounds)
+            walls = {"http": 0.0, "ceiling": 0.0}
+            counts = {"http": 0, "ceiling": 0}
+            latencies = []
+            for k in range(rounds):
+                offset = k * per_round
+                for name in (("http", "ceiling") if k % 2 == 0 else ("ceiling", "http")):
+                    if name == "http":
+                        part = await load_level(client, path, prompts, concurrency, per_round, offset=offset)
+                        walls["http"] += part["wall"]
+                        latencies.append(part["latencies"])
+                    else:
+                        batch = [prompts[(offset + i) % len(prompts)] for i in range(per_round)]
+                        t0 = time.perf_counter()
+                        for start in range(0, per_round, concurrency):
+                            router.route(batch[start:start + concurrency], top_k=3)
+                        walls["ceiling"] += time.perf_counter() - t0
+                    counts[name] += per_round
+                print(f"  slice {k + 1}/{rounds}: http {counts['http'] / walls['http']:.1f} prompts/s, "
+                      f"ceiling {counts['ceiling'] / max(walls['ceiling'], 1e-9):.1f} prompts/s", flush=True)
+            batch = mean_batch_size((await client.get("/metrics")).text) if target == "gateway" else None
+        lat = np.concatenate(latencies)
+        return {"http": counts["http"] / walls["http"], "ceiling": counts["ceiling"] / walls["ceiling"],
+                "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "batch": batch}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=sorted(TARGETS), default="gateway")
@@ -175,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait-ms", type=float, default=None, help="PERSYN_BATCH_MAX_WAIT_MS (default: settings)")
     parser.add_argument("--max-batch", type=int, default=None, help="PERSYN_BATCH_MAX_SIZE (default: settings)")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--mode", choices=("batching", "ceiling"), default="batching",
+                        help="batching on vs off (default), or the batching server vs the in-process ceiling")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="router encoder precision (PERSYN_PRECISION of the servers, and the ceiling's)")
     args = parser.parse_args(argv)
 
     from services.jobs.store import JobStore
@@ -182,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"bench-route-{uuid.uuid4().hex[:8]}"
     store = JobStore.from_url(args.redis_url, prefix)
     prompts = load_prompts(args.prompts)
-    env = {"REDIS_URL": args.redis_url, "PERSYN_KEY_PREFIX": prefix, "PERSYN_API_KEYS": "", "PERSYN_ROUTER_URL": ""}
+    env = {"REDIS_URL": args.redis_url, "PERSYN_KEY_PREFIX": prefix, "PERSYN_API_KEYS": "", "PERSYN_ROUTER_URL": "",
+           "PERSYN_PRECISION": args.precision}
     if args.max_wait_ms is not None:
         env["PERSYN_BATCH_MAX_WAIT_MS"] = str(args.max_wait_ms)
     if args.max_batch is not None:
@@ -199,10 +269,23 @@ def main(argv: list[str] | None = None) -> int:
 
             tok = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2"))
             lengths = [min(512, len(ids)) for ids in tok(prompts)["input_ids"]]
+            from services.core.precision import resolve_precision
+
             print(f"target {args.target}; {len(prompts)} {args.prompts} prompts, tokens p50 "
                   f"{int(np.percentile(lengths, 50))} p90 {int(np.percentile(lengths, 90))} max {max(lengths)}; "
-                  f"{args.requests} one-prompt requests per level; router trained in {time.time() - t0:.1f}s",
+                  f"{args.requests} one-prompt requests per level; router trained in {time.time() - t0:.1f}s; "
+                  f"encoder precision {args.precision} = {resolve_precision(args.precision, 'cpu')} on CPU",
                   flush=True)
+            if args.mode == "ceiling":
+                vs = asyncio.run(run_vs_ceiling(args.target, env, prompts, args.requests, args.warmup, args.rounds,
+                                                directory, args.precision))
+                print(f"\n| path | prompts/s |\n| --- | --- |\n| /v1/route, c=32, one prompt per request | "
+                      f"{vs['http']:.1f} (p50 {vs['p50']:.0f} ms, p99 {vs['p99']:.0f} ms) |\n"
+                      f"| in-process encoder + head, batches of 32 | {vs['ceiling']:.1f} |")
+                if vs["batch"] is not None:
+                    print(f"mean prompts per server forward pass: {vs['batch']:.1f}")
+                print(f"\nHTTP / ceiling = {vs['http'] / vs['ceiling']:.2f} (target >= 0.8)")
+                return 0
             results = asyncio.run(run_both(args.target, env, prompts, args.requests, args.warmup, args.rounds))
     finally:
         keys = list(store.r.scan_iter(match=f"{prefix}:*", count=1000))

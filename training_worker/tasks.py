@@ -50,7 +50,7 @@ def _calibration_matrices(job_id: str, teachers: list[str]) -> tuple[list[str], 
 @lru_cache(maxsize=4)
 def _router(path: str) -> Router:
     """Routers stay loaded for the life of the worker process (a version's artifact never changes)."""
-    return Router.load(path, device=rt.settings().device)
+    return Router.load(path, device=rt.settings().device, precision=rt.settings().precision)
 
 
 def _previous_hits(student_id: str, teachers: list[str], val_prompts: list[str],

@@ -38,6 +38,22 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def precision_arg(text: str) -> str:
+    from services.core.settings import parse_precision
+
+    try:
+        return parse_precision(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def precision_of(args) -> str:
+    """``--precision``, else the ``PERSYN_PRECISION`` setting (default auto)."""
+    from services.core.settings import Settings
+
+    return args.precision or Settings.from_env().precision
+
+
 def add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=existing_path, required=True, help="parallel-responses JSONL")
     p.add_argument("--alpha", type=alpha_arg, default=0.4, help="weight of learnability against quality (default 0.4)")
@@ -47,6 +63,9 @@ def add_scoring_args(p: argparse.ArgumentParser) -> None:
                    help="'file' (scores in the JSONL), 'math-verify' (against 'reference'), or a reward-model directory")
     p.add_argument("--normalise", choices=NORMALISATIONS, default="zscore")
     p.add_argument("--cache", type=Path, default=None, help="score cache file (default: ~/.cache/persyn)")
+    p.add_argument("--precision", type=precision_arg, default=None,
+                   help="student (and router encoder) precision: auto, fp32, bf16, fp16 "
+                        "(default: PERSYN_PRECISION, else auto = bf16 where the hardware has it)")
 
 
 def ground_truth(args, records, teachers, cache):
@@ -55,7 +74,8 @@ def ground_truth(args, records, teachers, cache):
     if args.alpha > 0 and not args.student:
         raise CLIError("--student is required when --alpha > 0 (learnability needs the student model)")
     quality = quality_matrix(records, teachers, args.quality, cache=cache) if args.alpha < 1 else None
-    learn = learnability_matrix(records, teachers, args.student, cache=cache, progress=True) if args.alpha > 0 else None
+    learn = (learnability_matrix(records, teachers, args.student, cache=cache, progress=True,
+                                 precision=precision_of(args)) if args.alpha > 0 else None)
     return quality, learn, combine(quality, learn, args.alpha, args.normalise)
 
 

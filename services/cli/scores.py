@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from services.cli.common import CLIError, add_scoring_args, existing_path, ground_truth, load_parallel_file
+from services.cli.common import (CLIError, add_scoring_args, existing_path, ground_truth, load_parallel_file,
+                                 precision_of)
 from services.method.export import FORMATS
 from services.method.rewards import rank_teachers
 from services.method.strategies import STRATEGIES
@@ -56,20 +57,22 @@ def cmd_select(args) -> None:
 
         quality = quality_matrix(records, teachers, args.quality, cache=cache)
         if args.strategy == "car":
-            learn = learnability_matrix(records, teachers, args.student, cache=cache, progress=True)
+            learn = learnability_matrix(records, teachers, args.student, cache=cache, progress=True,
+                                        precision=precision_of(args))
     if args.strategy == "persyn":
         if not args.router:
             raise CLIError("strategy persyn needs --router DIR")
         from services.routing.model import Router
 
-        router = Router.load(args.router)
+        router = Router.load(args.router, precision=precision_of(args))
         unknown = sorted(set(teachers) - set(router.teachers))
         if unknown:
             raise CLIError(f"router {args.router} does not know teacher(s) {', '.join(unknown)}")
         strengths = router.strengths([r.prompt for r in records], progress=True)[
             :, [router.teachers.index(t) for t in teachers]]
     if args.strategy == "scas":
-        costs = scas_cost_matrix(records, teachers, args.student, cache=cache, progress=True)
+        costs = scas_cost_matrix(records, teachers, args.student, cache=cache, progress=True,
+                                 precision=precision_of(args))
     inputs = StrategyInputs(teachers=teachers, available=available_matrix(records, teachers), quality=quality,
                             learnability=learn, scores=scores, strengths=strengths, scas_costs=costs,
                             families=families, student_family=args.student_family,

@@ -69,9 +69,25 @@ def _flag(text: str) -> bool:
     raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
 
 
+#: Numeric precision of local model inference: ``auto`` is bf16 where the hardware runs it natively
+#: (CUDA; CPUs with avx512_bf16 or AMX), fp16 on CUDA without bf16, fp32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: A setting restricted to :data:`PRECISIONS` (its own annotation, so ``from_env`` validates it).
+Precision = str
+
+
+def parse_precision(text: str) -> Precision:
+    """One of :data:`PRECISIONS` (case-insensitive), else a ValueError that lists them."""
+    value = text.strip().lower()
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {text!r}")
+    return value
+
+
 #: How an environment value becomes a setting, by the field's declared type.
 _PARSERS = {"str": str, "str | None": str, "Path": Path, "Path | None": Path, "int": int, "float": float,
-            "bool": _flag, "tuple[ApiKey, ...]": _api_keys}
+            "bool": _flag, "tuple[ApiKey, ...]": _api_keys, "Precision": parse_precision}
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,7 @@ class Settings:
     batch_max_wait_ms: float = 2.0
     router_cache_size: int = 8
     device: str | None = None
+    precision: Precision = "auto"  # learnability, SCAS and router encoder inference (PRECISIONS)
     task_max_retries: int = 5
     visibility_timeout_s: int = 7200  # above the longest task (router training)
     lease_s: float = 30.0  # an item's lease: a dead task's item is requeued this long after its last heartbeat
@@ -158,6 +175,7 @@ ENV_VARS = {
     "batch_max_wait_ms": "PERSYN_BATCH_MAX_WAIT_MS",
     "router_cache_size": "PERSYN_ROUTER_CACHE_SIZE",
     "device": "PERSYN_DEVICE",
+    "precision": "PERSYN_PRECISION",
     "task_max_retries": "PERSYN_TASK_MAX_RETRIES",
     "visibility_timeout_s": "PERSYN_VISIBILITY_TIMEOUT_S",
     "lease_s": "PERSYN_LEASE_SECONDS",

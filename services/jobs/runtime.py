@@ -58,14 +58,14 @@ def learnability_scorer(student: dict):
 @lru_cache(maxsize=4)
 def _learnability_scorer(model_ref: str, endpoint: str | None, endpoint_model: str | None):
     return scorers.learnability_scorer(model_ref, endpoint=endpoint, endpoint_model=endpoint_model,
-                                       device=settings().device)
+                                       device=settings().device, precision=settings().precision)
 
 
 @lru_cache(maxsize=2)
 def scas_scorer(model_ref: str):
     from services.scoring.scas import SCASScorer
 
-    return SCASScorer(model_ref, device=settings().device)
+    return SCASScorer(model_ref, device=settings().device, precision=settings().precision)
 
 
 @lru_cache(maxsize=1)

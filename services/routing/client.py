@@ -107,7 +107,8 @@ def service_from_settings(settings: Settings, resolve_active: ResolveActive,
     """A ``RouterService`` configured from settings."""
     return RouterService(resolve_active, cache_size=settings.router_cache_size,
                          max_batch_size=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms,
-                         batching=settings.router_batching, device=settings.device, on_batch=on_batch)
+                         batching=settings.router_batching, device=settings.device,
+                         precision=settings.precision, on_batch=on_batch)
 
 
 def router_client_from_settings(settings: Settings, resolve_active: ResolveActive,

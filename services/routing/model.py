@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from services.core.models import resolve_model
+from services.core.precision import resolve_dtype
 from services.method.bt import BTHead
 
 ARTIFACT_VERSION = 1
@@ -36,9 +37,14 @@ def default_device() -> str:
 
 
 class PromptEncoder(torch.nn.Module):
-    """h(x): mean pool over tokens for an encoder, the last real token for a decoder."""
+    """h(x): mean pool over tokens for an encoder, the last real token for a decoder.
 
-    def __init__(self, backbone: str | Path, *, max_length: int = 512, device: str | None = None):
+    ``precision`` (auto, fp32, bf16, fp16; ``services.core.precision``) is the backbone's weights
+    dtype, for inference: a router loaded to serve may run in bf16, while training keeps the fp32
+    default. Pooling and the features handed to the head are fp32 whatever it is."""
+
+    def __init__(self, backbone: str | Path, *, max_length: int = 512, device: str | None = None,
+                 precision: str = "fp32"):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -50,10 +56,11 @@ class PromptEncoder(torch.nn.Module):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
-        self.model = AutoModel.from_pretrained(path)
+        device = device or default_device()
+        self.model = AutoModel.from_pretrained(path, dtype=resolve_dtype(precision, device))
         self.max_length = max_length
         self.hidden_size = int(config.hidden_size)
-        self.to(device or default_device())
+        self.to(device)
 
     @property
     def device(self) -> torch.device:
@@ -62,7 +69,8 @@ class PromptEncoder(torch.nn.Module):
     def forward(self, prompts: Sequence[str]) -> torch.Tensor:
         batch = self.tokenizer(list(prompts), padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt").to(self.device)
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = self.model(input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"]).last_hidden_state.float()
         mask = batch["attention_mask"]
         if self.pooling == "last":
             last = mask.sum(dim=1) - 1
@@ -121,7 +129,8 @@ class Router:
         self.config = config
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str | None = None) -> "Router":
+    def load(cls, directory: str | Path, *, device: str | None = None, precision: str = "fp32") -> "Router":
+        """The artifact in ``directory``, its encoder in ``precision`` (the head stays fp32)."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.exists():
@@ -129,7 +138,7 @@ class Router:
         config = json.loads(config_path.read_text())
         teachers = json.loads((directory / "teachers.json").read_text())
         backbone = directory / "backbone" if config.get("backbone_saved") else config["backbone"]
-        encoder = PromptEncoder(backbone, max_length=config["max_length"], device=device)
+        encoder = PromptEncoder(backbone, max_length=config["max_length"], device=device, precision=precision)
         head = BTHead(encoder.hidden_size, len(teachers))
         head.load_state_dict(load_file(directory / "router.safetensors"))
         return cls(encoder, head, teachers, config)

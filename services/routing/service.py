@@ -81,7 +81,7 @@ class RouterService:
 
     def __init__(self, resolve_active: ResolveActive, *, cache_size: int = 8, max_batch_size: int = 64,
                  max_wait_ms: float = 2.0, batching: bool = True, device: str | None = None,
-                 on_batch: Callable[[int], None] | None = None):
+                 precision: str = "fp32", on_batch: Callable[[int], None] | None = None):
         if cache_size < 1:
             raise ValueError("cache_size must be >= 1")
         if max_batch_size < 1:
@@ -92,6 +92,7 @@ class RouterService:
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self.batching = batching
         self.device = device
+        self.precision = precision  # of the routers' encoders (services.core.precision)
         self._on_batch = on_batch
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Task] = {}
@@ -166,7 +167,8 @@ class RouterService:
     async def _load(self, key: tuple[str, str], path: str) -> _Entry:
         try:
             try:
-                router = await asyncio.to_thread(Router.load, path, device=self.device)
+                router = await asyncio.to_thread(Router.load, path, device=self.device,
+                                                precision=self.precision)
             except Exception as exc:  # missing or broken artifact: tell the caller, retry next time
                 raise RouterUnavailable(
                     f"cannot load router {key[1]!r} of student {key[0]!r} from {path}: {exc}") from exc

@@ -150,6 +150,8 @@ class EndpointLearnabilityScorer:
     #: The local scorer's own tokenisation (it reads ``self.tokenizer`` and ``self.max_length``).
     encode_item = LearnabilityScorer.encode_item
     encode_item_flagged = LearnabilityScorer.encode_item_flagged
+    #: The server computes in its own dtype, not known here (its scores get a cache key of their own).
+    precision = None
 
     def __init__(self, base_url: str, model: str, tokenizer_ref: str = "smollm2-135m-instruct",
                  client: OpenAICompatClient | None = None, *, shape: str = "prompt_logprobs",

@@ -11,6 +11,11 @@ them is exact whatever the tokenizer would merge across it.
 Speed: examples are sorted by length and packed into right-padded batches under a token budget, and
 the LM head runs only on the hidden states that predict response tokens (hidden t-1 predicts token
 t), so the [batch, length, vocab] logits tensor is never built.
+
+Precision: ``precision`` (``services.core.precision``) sets the dtype of the weights, so the forward
+pass and the logits run in bf16/fp16 where asked; the picked logits are upcast to fp32 before the
+log-sum-exp, and per-item means are taken in float64. A score depends on the precision it was
+computed in, so :attr:`LearnabilityScorer.precision` is part of every score cache key.
 """
 
 from __future__ import annotations
@@ -23,20 +28,31 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.core.models import resolve_model
+from services.core.precision import resolve_dtype, resolve_precision
 from services.scoring.scorers import ScoredBatch
 
 #: LM-head rows per chunk: bounds the [rows, vocab] fp32 scratch (1024 x 49k ~ 200 MB).
 _HEAD_CHUNK_ROWS = 1024
 
 
-def load_student(model_ref: str, device: str | None = None):
-    """Tokenizer and causal LM in eval mode: fp32 on CPU, bf16 on CUDA."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def student_precision(precision: str, device: str | None = None) -> str:
+    """The concrete precision (fp32/bf16/fp16) a student loaded with these arguments runs in:
+    known before loading, so cached scores can be looked up without the model."""
+    return resolve_precision(precision, device or default_device())
+
+
+def load_student(model_ref: str, device: str | None = None, precision: str = "fp32"):
+    """Tokenizer, causal LM in eval mode with weights in ``precision`` (see
+    ``services.core.precision``), its device, and the concrete precision name."""
+    device = device or default_device()
     path = resolve_model(model_ref)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return tokenizer, model, torch.device(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(precision, device)).to(device).eval()
+    return tokenizer, model, torch.device(device), student_precision(precision, device)
 
 
 def render_prompt(tokenizer, prompt: str) -> str:
@@ -52,7 +68,8 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def target_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for each row of ``hidden`` [N, H], applying the LM head in row chunks."""
+    """log p(target) for each row of ``hidden`` [N, H], applying the LM head in row chunks; the
+    logits come in the model's dtype and are upcast to fp32 before the log-sum-exp."""
     out = []
     for start in range(0, hidden.shape[0], _HEAD_CHUNK_ROWS):
         logits = head(hidden[start : start + _HEAD_CHUNK_ROWS]).float()
@@ -87,14 +104,15 @@ class LearnabilityScorer:
         max_batch_tokens: int = 4096,
         max_length: int | None = None,
         device: str | None = None,
+        precision: str = "fp32",
     ) -> None:
         """``max_batch_tokens`` caps padded length x batch size; ``max_length`` caps prompt+response
         tokens by cutting the response tail (the prompt is kept whole, since it conditions every
-        scored token)."""
+        scored token); ``precision`` is auto, fp32, bf16 or fp16 (``services.core.precision``)."""
         self.model_id = model_ref
         self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length
-        self.tokenizer, self.model, self.device = load_student(model_ref, device)
+        self.tokenizer, self.model, self.device, self.precision = load_student(model_ref, device, precision)
         self._base = self.model.get_decoder()
         self._head = self.model.get_output_embeddings()
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -107,9 +107,27 @@ def _cached_detailed(records, teachers, scorer_id: str, score_detailed: Callable
     return ScoredMatrix(values, truncated, errors)
 
 
+def student_scorer_id(kind: str, student: str, precision: str | None) -> str:
+    """The cache-key prefix of a student's scores: a bf16 score is never served for an fp32 request
+    (``precision`` None: an endpoint's scores, in the server's own dtype)."""
+    return f"{kind}:{student}" if precision is None else f"{kind}:{student}@{precision}"
+
+
+def _precision(scorer, requested: str) -> str | None:
+    """The precision the scores will be computed in: the given scorer's, else that of a local
+    student loaded with ``requested`` (known without loading it)."""
+    if scorer is not None:
+        return scorer.precision
+    from services.scoring.learnability import student_precision
+
+    return student_precision(requested)
+
+
 def learnability_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
-                        cache: ScoreCache | None = None, progress: bool = False, scorer=None) -> np.ndarray:
-    """r_l per response: the student's mean log-probability per response token."""
+                        cache: ScoreCache | None = None, progress: bool = False, scorer=None,
+                        precision: str = "fp32") -> np.ndarray:
+    """r_l per response: the student's mean log-probability per response token (``precision`` for
+    the student loaded here when no ``scorer`` is given)."""
     for rec in records:
         empty = [t for t in teachers if t in rec.responses and not rec.responses[t].strip()]
         if empty:
@@ -120,17 +138,19 @@ def learnability_matrix(records: Sequence[ParallelRecord], teachers: Sequence[st
         if scorer is None:  # load the student only when something is not cached
             from services.scoring.scorers import learnability_scorer
 
-            scorer = learnability_scorer(student)
+            scorer = learnability_scorer(student, precision=precision)
         return scorer.score(items, progress=progress)
 
-    return _cached_matrix(records, teachers, f"learnability:{student}", score, cache)
+    key = student_scorer_id("learnability", student, _precision(scorer, precision))
+    return _cached_matrix(records, teachers, key, score, cache)
 
 
 def learnability_detailed(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
                           scorer, cache: ScoreCache | None = None) -> ScoredMatrix:
     """:func:`learnability_matrix` with truncation flags and per-item refusals (workers use this:
     one answer the scorer cannot take costs only its own score)."""
-    return _cached_detailed(records, teachers, f"learnability:{student}", scorer.score_detailed, cache)
+    return _cached_detailed(records, teachers, student_scorer_id("learnability", student, scorer.precision),
+                            scorer.score_detailed, cache)
 
 
 def reward_detailed(records: Sequence[ParallelRecord], teachers: Sequence[str], scorer_id: str, *,
@@ -141,15 +161,16 @@ def reward_detailed(records: Sequence[ParallelRecord], teachers: Sequence[str], 
 
 def scas_cost_matrix(records: Sequence[ParallelRecord], teachers: Sequence[str], student: str, *,
                      lam: float = 0.5, cache: ScoreCache | None = None, progress: bool = False,
-                     scorer=None) -> np.ndarray:
+                     scorer=None, precision: str = "fp32") -> np.ndarray:
     """SCAS learning cost per response (lower = easier for this student to learn)."""
     def score(items):
         nonlocal scorer
         if scorer is None:
             from services.scoring.scas import SCASScorer
 
-            scorer = SCASScorer(student)
+            scorer = SCASScorer(student, precision=precision)
         return [scas_cost(f.d_a, f.d_q, f.aa, f.aq, lam) for f in scorer.features_many(items, progress=progress)]
 
-    return _cached_matrix(records, teachers, f"scas:{student}:{lam}", score, cache)
+    key = f"{student_scorer_id('scas', student, _precision(scorer, precision))}:{lam}"
+    return _cached_matrix(records, teachers, key, score, cache)
 

@@ -38,9 +38,12 @@ class SCASFeatures:
 class SCASScorer:
     """Computes SCASFeatures with a Llama-style student (one that has ``model.layers[-1].mlp.up_proj``)."""
 
-    def __init__(self, model_ref: str = "smollm2-135m-instruct", device: str | None = None) -> None:
+    def __init__(self, model_ref: str = "smollm2-135m-instruct", device: str | None = None,
+                 precision: str = "fp32") -> None:
+        """``precision``: the student's weights dtype (auto, fp32, bf16, fp16); NLLs are taken from
+        fp32 logits and the hidden-state cosines in float64 whatever it is."""
         self.model_id = model_ref
-        self.tokenizer, self.model, self.device = load_student(model_ref, device)
+        self.tokenizer, self.model, self.device, self.precision = load_student(model_ref, device, precision)
         try:
             self._up_proj = self.model.model.layers[-1].mlp.up_proj
         except AttributeError as exc:

@@ -31,6 +31,9 @@ class LearnabilitySource(Protocol):
     """The student's mean log-probability per response token, one value per (prompt, response)."""
 
     model_id: str
+    #: The dtype the log-probs are computed in (fp32/bf16/fp16) when this process decides it; None for
+    #: an endpoint, whose server picks its own. Part of the score cache key.
+    precision: str | None
 
     def score(self, items: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray: ...
 
@@ -49,16 +52,17 @@ class RewardSource(Protocol):
 
 
 def learnability_scorer(model_ref: str, *, endpoint: str | None = None, endpoint_model: str | None = None,
-                        device: str | None = None) -> LearnabilitySource:
+                        device: str | None = None, precision: str = "fp32") -> LearnabilitySource:
     """``model_ref`` names the student's weights (always its tokenizer); with ``endpoint`` the log-probs
-    come from that OpenAI-compatible server serving ``endpoint_model`` instead of local weights."""
+    come from that OpenAI-compatible server serving ``endpoint_model`` instead of local weights.
+    ``precision`` (auto, fp32, bf16, fp16) applies to local weights only."""
     if endpoint:
         from services.scoring.endpoints import EndpointLearnabilityScorer
 
         return EndpointLearnabilityScorer(endpoint, endpoint_model or model_ref, tokenizer_ref=model_ref)
     from services.scoring.learnability import LearnabilityScorer
 
-    return LearnabilityScorer(model_ref, device=device)
+    return LearnabilityScorer(model_ref, device=device, precision=precision)
 
 
 def reward_scorer(model_ref: str, *, endpoint: str | None = None, device: str | None = None) -> RewardSource:

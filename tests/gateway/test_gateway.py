@@ -27,7 +27,7 @@ def students(store, router_dir):
 
 @pytest.fixture(scope="module")
 def settings(store, pool_file):
-    return Settings(redis_url=REDIS_URL, key_prefix=store.p, teacher_pool=pool_file, device="cpu",
+    return Settings(redis_url=REDIS_URL, key_prefix=store.p, teacher_pool=pool_file, device="cpu", precision="fp32",
                     max_prompts_per_request=4, max_prompt_chars=200, max_job_prompts=5)
 
 

@@ -37,7 +37,8 @@ def stack(tmp_path_factory):
                         concurrency={"generation": 2, "scoring": 1, "training": 1},
                         extra_env={"PERSYN_LEASE_SECONDS": "5", "PERSYN_WATCHDOG_INTERVAL_S": "1",
                                    # tiny calibrations (no validation split): the gate checks size only
-                                   "PERSYN_ROUTER_MIN_PROMPTS": "3", "PERSYN_ROUTER_MIN_PAIRS": "1"}) as running:
+                                   "PERSYN_ROUTER_MIN_PROMPTS": "3", "PERSYN_ROUTER_MIN_PAIRS": "1",
+                                   "PERSYN_PRECISION": "fp32"}) as running:
             store = JobStore.from_url(running.redis_url, prefix)
             with httpx.Client(base_url=running.url, timeout=60) as client:
                 yield running, store, client, [t.name for t in teachers]

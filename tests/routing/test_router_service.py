@@ -105,7 +105,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(store, 
     student = _student(store, artifacts)
     loads = []
     original = Router.load
-    monkeypatch.setattr(Router, "load", lambda path, device=None: loads.append(path) or original(path, device=device))
+    monkeypatch.setattr(Router, "load", lambda path, **kw: loads.append(path) or original(path, **kw))
     prompts = [QUERIES[i % len(QUERIES)] + f" (variant {i})" for i in range(20)]
     batches: list[int] = []
 
@@ -275,7 +275,8 @@ def test_client_from_settings():
 
 @pytest.fixture(scope="module")
 def server(store):
-    settings = Settings(redis_url=REDIS_URL, key_prefix=store.p, device="cpu", batch_max_wait_ms=20)
+    settings = Settings(redis_url=REDIS_URL, key_prefix=store.p, device="cpu", precision="fp32",
+                        batch_max_wait_ms=20)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from services.method.formats import ParallelRecord
 from services.scoring.learnability import LearnabilityScorer, pack_batches
+from services.scoring.matrices import learnability_matrix
 
 ITEMS = [
     ("What is 2+3?", "2+3 = 5."),
@@ -23,7 +25,12 @@ ITEMS = [
 
 @pytest.fixture(scope="module")
 def scorer() -> LearnabilityScorer:
-    return LearnabilityScorer("smollm2-135m-instruct", device="cpu")
+    return LearnabilityScorer("smollm2-135m-instruct", device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def bf16_scorer() -> LearnabilityScorer:
+    return LearnabilityScorer("smollm2-135m-instruct", device="cpu", precision="bf16")
 
 
 def reference_score(scorer: LearnabilityScorer, prompt: str, response: str) -> float:
@@ -95,3 +102,26 @@ def test_pack_batches_sorted_within_budget():
     assert [lengths[i] for i in flat] == sorted(lengths)
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 128
+
+
+def test_bf16_scores_are_close_to_fp32_but_not_the_same(scorer, bf16_scorer):
+    assert bf16_scorer.model.dtype == torch.bfloat16 and bf16_scorer.precision == "bf16"
+    pairs = [ITEMS[1], ITEMS[3]]  # bf16 error averages out over tokens: 7-token answers can be off by 0.03
+    full, reduced = scorer.score(pairs), bf16_scorer.score(pairs)
+    assert reduced.dtype == np.float64
+    np.testing.assert_allclose(reduced, full, atol=0.02)  # the benchmark's target, nats per token
+    assert not np.array_equal(reduced, full)
+
+
+def test_score_cache_keeps_precisions_apart(scorer, bf16_scorer, score_cache):
+    records = [ParallelRecord(id="p1", prompt=ITEMS[1][0], responses={"a": ITEMS[1][1], "b": ITEMS[3][1]})]
+    full = learnability_matrix(records, ["a", "b"], "smollm2-135m-instruct", cache=score_cache, scorer=scorer)
+    reduced = learnability_matrix(records, ["a", "b"], "smollm2-135m-instruct", cache=score_cache,
+                                  scorer=bf16_scorer)
+    assert not np.array_equal(full, reduced)  # the bf16 run was not served the fp32 scores
+    pairs = [(ITEMS[1][0], ITEMS[1][1]), (ITEMS[1][0], ITEMS[3][1])]
+    np.testing.assert_array_equal(reduced, bf16_scorer.score(pairs)[None])
+    for precision, expected in (("fp32", full), ("bf16", reduced)):  # no scorer: each from its own keys
+        again = learnability_matrix(records, ["a", "b"], "smollm2-135m-instruct", cache=score_cache,
+                                    precision=precision)
+        np.testing.assert_array_equal(again, expected)

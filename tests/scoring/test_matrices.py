@@ -42,6 +42,8 @@ def test_learnability_matrix_matches_the_scorer_and_reruns_from_cache(student, s
     assert np.isnan(first[0, 2]) and np.isfinite(first[1]).all()
 
     class MustNotRun:
+        precision = student.precision  # same cache keys as the scorer that filled the cache
+
         def score(self, items, progress=False):
             raise AssertionError(f"recomputed {len(items)} cached scores")
 
@@ -56,6 +58,8 @@ def test_a_changed_response_is_scored_afresh(student, score_cache):
     calls = []
 
     class Counting:
+        precision = student.precision
+
         def score(self, items, progress=False):
             calls.append(list(items))
             return student.score(items)
