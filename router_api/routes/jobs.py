@@ -36,11 +36,8 @@ def _too_large(detail: str) -> HTTPException:
 
 
 def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Teacher], caller: Caller) -> dict:
-    """Checks that need the service's state (limits, student, pool, router), then hands over to the job layer.
-
-    The owner is written right after the job is created: until then the job is admin-only (an
-    ownerless record), never another tenant's.
-    """
+    """Checks that need the service's state (limits, student, pool, router), then hands over to the job layer
+    (which creates the job already owned by the caller's tenant)."""
     if len(body.prompts) > settings.max_job_prompts:
         raise _too_large(f"{len(body.prompts)} prompts; at most {settings.max_job_prompts} per job")
     for prompt in body.prompts:
@@ -61,12 +58,11 @@ def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Tea
                             f"({', '.join(chosen) or 'none'})")
     try:
         job_id = jobs.submit_job(store, settings, body.model_dump(exclude={"prompts"}),
-                                 [p.to_job() for p in body.prompts])
+                                 [p.to_job() for p in body.prompts], owner=caller.tenant)
     except jobs.NeedsCalibration as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    store.set_job_owner(job_id, caller.tenant)
     return jobs.describe_job(store, job_id, settings)
 
 

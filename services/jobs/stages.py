@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from services.core.settings import Settings
+from services.core.settings import DEFAULT_TENANT, Settings
 from services.jobs.leases import Leases
 from services.jobs.store import JobStore
 from services.method.formats import teacher_pool_cached
@@ -89,7 +89,8 @@ class NeedsCalibration(LookupError):
     """The job's strategy needs the student's calibration (an active router version)."""
 
 
-def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[dict]) -> str:
+def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[dict], *,
+               owner: str = DEFAULT_TENANT) -> str:
     """Check what needs the service's state, create the job and start its first stage.
 
     Raises ValueError for a job that cannot run here and NeedsCalibration when the
@@ -116,7 +117,7 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
     ids = [p["id"] for p in prompts]
     plan = {"calibration": calibration_sample(ids, spec.get("calibration_size", 2500), spec.get("seed", 0))
             if calibrate else []}
-    job_id = store.create_job(spec["kind"], {**spec, **plan}, prompts)
+    job_id = store.create_job(spec["kind"], {**spec, **plan}, prompts, owner=owner)
     advance(store, job_id, None, settings)
     return job_id
 

@@ -139,9 +139,6 @@ class JobStore:
             raise NotFound(f"unknown {kind} {record_id!r}")
         return owner
 
-    def set_job_owner(self, job_id: str, tenant: str) -> None:
-        self.r.hset(self._k("job", job_id), "owner", tenant)
-
     def list_students(self) -> list[str]:
         return sorted(self.r.smembers(self._k("students")))
 
@@ -170,12 +167,13 @@ class JobStore:
 
     # ------------------------------------------------------------------ jobs
 
-    def create_job(self, kind: str, spec: dict, prompts: list[dict]) -> str:
+    def create_job(self, kind: str, spec: dict, prompts: list[dict], *, owner: str = DEFAULT_TENANT) -> str:
+        """A new job of tenant ``owner``, its record and prompts written in one transaction."""
         job_id = uuid.uuid4().hex[:16]
         now = _now()
         pipe = self.r.pipeline()
         pipe.hset(self._k("job", job_id), mapping={
-            "id": job_id, "kind": kind, "state": "queued", "stage": "", "spec": json.dumps(spec),
+            "id": job_id, "kind": kind, "state": "queued", "stage": "", "spec": json.dumps(spec), "owner": owner,
             "n_prompts": len(prompts), "created": now, "updated": now, "error": ""})
         for start in range(0, len(prompts), 1000):
             chunk = prompts[start:start + 1000]
