@@ -322,7 +322,7 @@ class JobStore:
 
     def put_row(self, job_id: str, row: dict) -> bool:
         """The dataset row of one prompt; only the first write counts (one row per prompt)."""
-        if not self.r.hsetnx(self._k("job", job_id, "rows"), row["id"], json.dumps(row)):
+        if not self.r.hsetnx(self._k("job", job_id, "rows"), row["id"], json.dumps(row, ensure_ascii=False)):
             return False
         self.r.hincrby(self._k("job", job_id, "alloc"), row["teacher"], 1)
         return True
@@ -333,7 +333,7 @@ class JobStore:
             return 0
         pipe = self.r.pipeline(transaction=False)
         for row in rows:
-            pipe.hsetnx(self._k("job", job_id, "rows"), row["id"], json.dumps(row))
+            pipe.hsetnx(self._k("job", job_id, "rows"), row["id"], json.dumps(row, ensure_ascii=False))
         fresh = [row for row, new in zip(rows, pipe.execute()) if new]
         counts: dict[str, int] = {}
         for row in fresh:
@@ -353,13 +353,19 @@ class JobStore:
     def row_count(self, job_id: str) -> int:
         return int(self.r.hlen(self._k("job", job_id, "rows")))
 
-    def iter_rows(self, job_id: str, batch: int = 500) -> Iterator[dict]:
+    def iter_rows(self, job_id: str, batch: int = 2000) -> Iterator[dict]:
         """Rows in the job's prompt order (prompts without a row yet are skipped)."""
-        order = self.prompt_ids(job_id)
-        for start in range(0, len(order), batch):
-            for raw in self.r.hmget(self._k("job", job_id, "rows"), order[start:start + batch]):
+        for raw in self.iter_raw_rows(job_id, batch):
+            yield json.loads(raw)
+
+    def iter_raw_rows(self, job_id: str, batch: int = 2000) -> Iterator[str]:
+        """:meth:`iter_rows` as stored (one JSON text each), reading ``batch`` prompts at a time."""
+        start = 0
+        while ids := self.r.lrange(self._k("job", job_id, "order"), start, start + batch - 1):
+            start += batch
+            for raw in self.r.hmget(self._k("job", job_id, "rows"), ids):
                 if raw:
-                    yield json.loads(raw)
+                    yield raw
 
     def allocation(self, job_id: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(self._k("job", job_id, "alloc")).items()}
