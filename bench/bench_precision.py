@@ -159,7 +159,10 @@ def rankings_against_fixture(args, records, teachers) -> None:
         for (i, j), v in zip(part, scorer.score([(records[i].prompt, records[i].responses[teachers[j]])
                                                  for i, j in part])):
             reduced[i, j] = v
-        print(f"  prompts {k + 1}-{min(k + 4, len(records))} scored", flush=True)
+        done = min(k + 4, len(records))
+        agree_so_far, _ = argmax_agreement(stored[:done], reduced[:done])
+        worst = np.nanmax(np.abs(reduced[:done] - stored[:done]))
+        print(f"  prompts 1-{done} scored: same top teacher {agree_so_far:.1%}, max |diff| {worst:.4f}", flush=True)
     diff = np.abs(reduced - stored)[np.isfinite(stored)]
     agree, differ = argmax_agreement(stored, reduced)
     quality = np.array([[np.nan if r.quality is None or r.quality.get(t) is None or t not in r.responses
