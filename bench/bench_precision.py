@@ -1,6 +1,7 @@
 """Reduced precision (bf16) against fp32, in one run: scorer speed, score error, teacher rankings.
 
     python bench/bench_precision.py [--prompts 24] [--slices 4] [--reduced bf16] [--max-length 1024]
+    python bench/bench_precision.py --rankings-from 8 --prompts 16   # more prompts for the ranking check
 
 Scores every teacher answer of the first ``--prompts`` prompts of ``../shared/data/arena_parallel.jsonl``
 (real arena answers, prompt + response capped at ``--max-length`` tokens as in
@@ -126,7 +127,8 @@ def bench_scorer(args, records, teachers) -> None:
           f"answers over 0.02: {(diff > 0.02).sum()} of {len(diff)}")
     print(f"same top teacher by learnability: {learn_agree:.1%} of {len(records)} prompts (target >= 95%)")
     print(f"same top teacher by ground truth (alpha {ALPHA}, judge scores z-scored): {truth_agree:.1%}")
-    for name, differ, matrix in (("learnability", learn_differ, values["fp32"]), ("truth", truth_differ, truth["fp32"])):
+    for name, differ, matrix in (("learnability", learn_differ, values["fp32"]),
+                                 ("truth", truth_differ, truth["fp32"])):
         for i in differ:
             top2 = np.sort(matrix[i][np.isfinite(matrix[i])])[-2:]
             print(f"  {name} argmax differs on prompt {records[i].id}: fp32 top-2 gap {top2[1] - top2[0]:.4f}")
@@ -135,6 +137,45 @@ def bench_scorer(args, records, teachers) -> None:
         if fixture.get("max_length") == args.max_length and fixture.get("student") == args.student:
             gap = max(abs(values["fp32"][i, j] - fixture["scores"][records[i].id][teachers[j]]) for i, j in cells)
             print(f"fp32 here vs the stored fp32 fixture: max diff {gap:.2e} (sanity check)")
+
+
+def rankings_against_fixture(args, records, teachers) -> None:
+    """More prompts for the ranking check, cheaply: only the reduced scorer runs, against the fp32
+    scores stored in the fixture (the timed run checks that fresh fp32 matches them)."""
+    fixture = json.loads(FIXTURE.read_text())
+    if fixture.get("max_length") != args.max_length or fixture.get("student") != args.student:
+        raise SystemExit(f"{FIXTURE} was made with other settings")
+    scorer = LearnabilityScorer(args.student, max_length=args.max_length, device=args.device, precision=args.reduced)
+    cells = [(i, j) for i, r in enumerate(records) for j, t in enumerate(teachers)
+             if t in r.responses and r.responses[t].strip()]
+    stored = np.full((len(records), len(teachers)), np.nan)
+    reduced = stored.copy()
+    for i, j in cells:
+        stored[i, j] = fixture["scores"][records[i].id][teachers[j]]
+    print(f"rankings: {len(records)} prompts, {len(cells)} answers, {args.reduced} against the stored fp32 fixture",
+          flush=True)
+    for k in range(0, len(records), 4):
+        part = [c for c in cells if k <= c[0] < k + 4]
+        for (i, j), v in zip(part, scorer.score([(records[i].prompt, records[i].responses[teachers[j]])
+                                                 for i, j in part])):
+            reduced[i, j] = v
+        done = min(k + 4, len(records))
+        agree_so_far, _ = argmax_agreement(stored[:done], reduced[:done])
+        worst = np.nanmax(np.abs(reduced[:done] - stored[:done]))
+        print(f"  prompts 1-{done} scored: same top teacher {agree_so_far:.1%}, max |diff| {worst:.4f}", flush=True)
+    diff = np.abs(reduced - stored)[np.isfinite(stored)]
+    agree, differ = argmax_agreement(stored, reduced)
+    quality = np.array([[np.nan if r.quality is None or r.quality.get(t) is None or t not in r.responses
+                         else r.quality[t] for t in teachers] for r in records])
+    truth_agree, _ = argmax_agreement(combine(quality, stored, ALPHA, "zscore"),
+                                      combine(quality, reduced, ALPHA, "zscore"))
+    print(f"max |score {args.reduced} - fp32| = {diff.max():.4f}, mean {diff.mean():.4f}, over 0.02: "
+          f"{(diff > 0.02).sum()} of {len(diff)}")
+    print(f"same top teacher by learnability: {agree:.1%} of {len(records)} prompts; by ground truth "
+          f"(alpha {ALPHA}): {truth_agree:.1%}")
+    for i in differ:
+        top2 = np.sort(stored[i][np.isfinite(stored[i])])[-2:]
+        print(f"  argmax differs on prompt {records[i].id}: fp32 top-2 gap {top2[1] - top2[0]:.4f}")
 
 
 def bench_encoder(args, prompts: list[str]) -> None:
@@ -169,10 +210,17 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--skip-scorer", action="store_true")
     parser.add_argument("--encoder-prompts", type=int, default=300)
+    parser.add_argument("--rankings-from", type=int, default=None, metavar="START",
+                        help="only the ranking check, on prompts START..START+--prompts, reduced precision "
+                             "against the stored fp32 fixture (no timing, no fp32 run)")
     args = parser.parse_args()
 
     torch.set_num_threads(os.cpu_count() or 1)
     records = load_parallel(DATA)
+    if args.rankings_from is not None:
+        rankings_against_fixture(args, records[args.rankings_from: args.rankings_from + args.prompts],
+                                 teachers_of(records))
+        return
     if not args.skip_scorer:
         bench_scorer(args, records[: args.prompts], teachers_of(records))
     if args.encoder_prompts:
