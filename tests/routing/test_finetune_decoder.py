@@ -13,6 +13,15 @@ from services.routing.model import Router
 from services.routing.training import TrainConfig, train_router
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A few small steps run faster on one thread than two fighting over a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def bf16_decoder(tmp_path_factory):
     """SmolLM2-135M stored in bf16 with ``dtype: bfloat16`` in its config."""
@@ -36,7 +45,7 @@ def test_finetune_keeps_fp32_master_weights_so_tiny_updates_are_not_lost(bf16_de
     # size ~0.05 (spacing ~2e-4) such a step rounds away unless the weights are kept in fp32.
     router, metrics = train_router(prompts, ["maths", "poet"], scores, TrainConfig(
         backbone=str(bf16_decoder), mode="finetune", epochs=1, batch_prompts=3, backbone_lr=1e-6,
-        max_length=32, val_fraction=0.0, seed=0, device="cpu"))
+        max_length=16, val_fraction=0.0, seed=0, device="cpu"))
     assert router.encoder.pooling == "last"
     assert {p.dtype for p in router.encoder.parameters()} == {torch.float32}
     before = load_file(bf16_decoder / "model.safetensors")
