@@ -14,8 +14,8 @@ teacher's and a kNN router's on the same prompts (``metrics["val"]``).
 
 Model selection: the frozen head's L2 (on the prompt-dependent weights only, never the
 per-teacher bias) is chosen by cross-validated Hit@3 on the training prompts (then Hit@1,
-then BT loss), so the validation figures stay untouched by the choice; the head is then
-refit on every prompt. Fine-tuning keeps the epoch with the best validation Hit@3 (then
+then BT loss) with the one-standard-error rule, so the validation figures stay untouched by
+the choice; the head is then refit on every prompt. Fine-tuning keeps the epoch with the best validation Hit@3 (then
 Hit@1, then BT loss).
 """
 
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from services.core.cache import ScoreCache, cache_key, cached_compute
 from services.method.bt import BTHead, bt_loss
-from services.method.hits import best_single_choices, hits, knn_choices
+from services.method.hits import best_single_choices, hits, in_top_k, knn_choices
 from services.method.pairs import bt_probability, make_pairs
 from services.routing.model import PromptEncoder, Router
 
@@ -52,7 +52,7 @@ class TrainConfig:
     mode: str = "frozen"
     max_length: int = 512
     val_fraction: float = 0.15
-    weight_decay: float | None = None  # frozen, None: chosen from WEIGHT_DECAY_GRID by cross-validated Hit@3
+    weight_decay: float | None = None  # frozen, None: chosen from WEIGHT_DECAY_GRID by cross-validated Hit@3 (one-SE rule)
     head_lr: float = 1e-3  # finetune only
     backbone_lr: float = 2e-5
     epochs: int | None = None  # frozen: at most this many L-BFGS rounds of 10 iterations (default 50); finetune: passes (default 2)
@@ -192,19 +192,31 @@ def _fitted_strengths(head: BTHead, features: np.ndarray, scores: np.ndarray, fi
 
 def _choose_l2(head: BTHead, features: np.ndarray, scores: np.ndarray, train_idx: np.ndarray,
                seed: int, max_rounds: int, progress: bool) -> tuple[float, dict]:
-    """L2 with the best cross-validated (Hit@3, Hit@1, -BT loss) over the training prompts."""
+    """The largest L2 whose cross-validated Hit@3 and Hit@1 on the training prompts are each within
+    one standard error of the best candidate's (the one-standard-error rule; the best is ranked by
+    Hit@3, then Hit@1, then -BT loss).
+
+    On a few hundred prompts the Hit@k of close candidates differs by noise, and a smaller L2
+    that wins the folds by chance loses on new prompts; the rule keeps prompt-dependent weights
+    only where they beat the (nearly) bias-only head by more than that noise.
+    """
     folds = np.array_split(np.random.default_rng(seed + 1).permutation(train_idx), CV_FOLDS)
-    table, best = {}, None
+    table, keys, top = {}, {}, {}
     for l2 in tqdm(WEIGHT_DECAY_GRID, disable=not progress, desc="choose router L2"):
         out_of_fold = np.zeros((len(features), scores.shape[1]))
         for i, fold in enumerate(folds):
             rest = np.concatenate([f for j, f in enumerate(folds) if j != i])
             out_of_fold[fold] = _fitted_strengths(head, features, scores, rest, fold, l2, max_rounds)
-        key = _selection_key(out_of_fold[train_idx], scores[train_idx])
-        table[str(l2)] = {"hit@3": key[0], "hit@1": key[1], "bt_loss": -key[2]}
-        if best is None or key > best[0]:
-            best = (key, l2)
-    return best[1], table
+        keys[l2] = _selection_key(out_of_fold[train_idx], scores[train_idx])
+        chosen = out_of_fold[train_idx].argmax(axis=1)
+        top[l2] = {k: in_top_k(scores[train_idx], chosen, k) for k in (3, 1)}
+        table[str(l2)] = {"hit@3": keys[l2][0], "hit@1": keys[l2][1], "bt_loss": -keys[l2][2]}
+    best = max(keys, key=keys.get)
+    errors = {k: float(top[best][k].std(ddof=1) / np.sqrt(len(train_idx))) for k in (3, 1)}
+    chosen_l2 = max(l2 for l2 in WEIGHT_DECAY_GRID
+                    if all(top[l2][k].mean() >= top[best][k].mean() - errors[k] for k in (3, 1)))
+    return chosen_l2, {"by_weight_decay": table, "best": best,
+                       "standard_error": {f"hit@{k}": e for k, e in errors.items()}}
 
 
 def _train_frozen(head: BTHead, features: np.ndarray, scores: np.ndarray, train_idx: np.ndarray,
@@ -221,7 +233,7 @@ def _fit_frozen(head: BTHead, features: np.ndarray, scores: np.ndarray, train_id
     if config.weight_decay is not None or not can_cross_validate:
         l2 = DEFAULT_WEIGHT_DECAY if config.weight_decay is None else config.weight_decay
     else:
-        l2, history["cv_by_weight_decay"] = _choose_l2(head, features, scores, train_idx, config.seed,
+        l2, history["cross_validation"] = _choose_l2(head, features, scores, train_idx, config.seed,
                                                        max_rounds, progress)
     history["weight_decay"] = l2
     if len(val_idx) and len(make_pairs(scores[val_idx])):

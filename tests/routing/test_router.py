@@ -57,7 +57,13 @@ def test_metrics_report_validation_hits_next_to_best_single_and_knn(arena, train
                                                                          features[held], 10), k)
         assert 0.0 <= val[f"hit@{k}"] <= 1.0
     assert metrics["weight_decay"] in WEIGHT_DECAY_GRID
-    assert set(metrics["cv_by_weight_decay"]) == {str(l2) for l2 in WEIGHT_DECAY_GRID}
+    cv = metrics["cross_validation"]
+    assert set(cv["by_weight_decay"]) == {str(l2) for l2 in WEIGHT_DECAY_GRID}
+    # one-standard-error rule: the chosen L2 is no smaller than the best one, and within one SE of it
+    assert metrics["weight_decay"] >= cv["best"]
+    for k in ("hit@1", "hit@3"):
+        assert (cv["by_weight_decay"][str(metrics["weight_decay"])][k]
+                >= cv["by_weight_decay"][str(cv["best"])][k] - cv["standard_error"][k] - 1e-12)
 
 
 def test_strong_regularisation_keeps_the_per_teacher_bias(score_cache):
