@@ -271,7 +271,6 @@ def _train_finetune(encoder: PromptEncoder, head: BTHead, prompts: Sequence[str]
     # fp32 master weights: AdamW steps on bf16 weights (a bf16 config such as Qwen2.5's) mostly
     # round away, since bf16 keeps 8 bits of mantissa.
     encoder.model.float()
-    head.float()
     device = encoder.device
     weight_decay = DEFAULT_WEIGHT_DECAY if config.weight_decay is None else config.weight_decay
     optimiser = torch.optim.AdamW([
