@@ -120,6 +120,8 @@ def test_finetune_mode_trains_the_backbone_and_saves_it(tmp_path):
     scores = np.array([[float(i % 2), 1.0 - i % 2] for i in range(12)])
     router, metrics = train_router(prompts, ["a", "b"], scores, TrainConfig(mode="finetune", epochs=1,
                                                                             batch_prompts=4, seed=0))
+    # the publish gate reads the same validation keys in both modes
+    assert {"hit@1", "hit@3", "best_single_hit@1", "best_single_hit@3", "knn_hit@1", "knn_hit@3"} <= set(metrics["val"])
     directory = router.save(tmp_path / "ft", metrics=metrics, save_backbone=True)
     assert (directory / "backbone" / "config.json").exists()
     loaded = Router.load(directory)
