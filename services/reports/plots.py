@@ -40,23 +40,32 @@ def plot_allocation(counts: dict[str, int], path: str | Path, *, title: str = "T
     return _save(fig, path)
 
 
-def plot_router_quality(table: dict[str, dict[str, float]], path: str | Path,
+def plot_router_quality(summaries: dict[str, dict[str, dict[str, dict[str, float]]]], path: str | Path,
                         *, title: str = "Router quality on held-out prompts") -> Path:
-    """Grouped bars of Hit@k per router."""
+    """One panel per ground truth (e.g. per alpha): grouped bars of mean Hit@k per router over
+    seeded splits, with the standard deviation as error bars.
+
+    ``summaries`` maps a panel label to ``{router: {metric: {"mean": .., "std": ..}}}``.
+    """
     plt = _pyplot()
-    names = list(table)
-    metrics = list(next(iter(table.values())))
+    panels = list(summaries)
+    names = list(summaries[panels[0]])
+    metrics = list(summaries[panels[0]][names[0]])
     x = np.arange(len(names))
     width = 0.8 / len(metrics)
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
-    for j, metric in enumerate(metrics):
-        values = [table[n][metric] for n in names]
-        bars = ax.bar(x + j * width, values, width, label=metric)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(x + width * (len(metrics) - 1) / 2, names)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=((1.1 * len(names) + 1.5) * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        table = summaries[panel]
+        for j, metric in enumerate(metrics):
+            means = [table[n][metric]["mean"] for n in names]
+            bars = ax.bar(x + j * width, means, width, yerr=[table[n][metric]["std"] for n in names],
+                          capsize=2, label=metric)
+            ax.bar_label(bars, fmt="%.2f", fontsize=6)
+        ax.set_xticks(x + width * (len(metrics) - 1) / 2, names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(panel, fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

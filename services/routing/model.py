@@ -41,17 +41,21 @@ class PromptEncoder(torch.nn.Module):
 
     ``precision`` (auto, fp32, bf16, fp16; ``services.core.precision``) is the backbone's weights
     dtype, for inference: a router loaded to serve may run in bf16, while training keeps the fp32
-    default. Pooling and the features handed to the head are fp32 whatever it is."""
+    default. Pooling and the features handed to the head are fp32 whatever it is.
+    ``pooling`` overrides the choice read from the config: a fine-tuned decoder saved as its bare
+    base model (``LlamaModel``) no longer says it is a causal LM, so artifacts record their pooling.
+    """
 
     def __init__(self, backbone: str | Path, *, max_length: int = 512, device: str | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", pooling: str | None = None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model(str(backbone))
         config = AutoConfig.from_pretrained(path)
         archs = config.architectures or []
-        self.pooling = "last" if any(a.endswith("ForCausalLM") for a in archs) or config.is_decoder else "mean"
+        is_decoder = any(a.endswith("ForCausalLM") for a in archs) or getattr(config, "is_decoder", False)
+        self.pooling = pooling or ("last" if is_decoder else "mean")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -138,7 +142,8 @@ class Router:
         config = json.loads(config_path.read_text())
         teachers = json.loads((directory / "teachers.json").read_text())
         backbone = directory / "backbone" if config.get("backbone_saved") else config["backbone"]
-        encoder = PromptEncoder(backbone, max_length=config["max_length"], device=device, precision=precision)
+        encoder = PromptEncoder(backbone, max_length=config["max_length"], device=device, precision=precision,
+                                pooling=config.get("pooling"))
         head = BTHead(encoder.hidden_size, len(teachers))
         head.load_state_dict(load_file(directory / "router.safetensors"))
         return cls(encoder, head, teachers, config)

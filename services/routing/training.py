@@ -5,15 +5,23 @@ Two modes:
 - ``frozen``: the backbone only encodes each prompt once (embeddings cached on disk)
   and a linear head is trained on the pairs: seconds on a CPU.
 - ``finetune``: backbone and head are trained together (the paper's router; GPU).
+  Trainable weights are kept in fp32 (master weights) whatever dtype the backbone's
+  config names, and the forward pass runs under bf16 autocast where the GPU has it.
 
 Prompts are split into train and validation *by prompt*, so no prompt's pairs leak
-across; training stops early when the validation Bradley-Terry loss stops improving
-and keeps the best weights.
+across. The validation prompts report the router's Hit@k next to the best single
+teacher's and a kNN router's on the same prompts (``metrics["val"]``).
+
+Model selection: the frozen head's L2 (on the prompt-dependent weights only, never the
+per-teacher bias) is chosen by cross-validated Hit@3 on the training prompts (then Hit@1,
+then BT loss) with the one-standard-error rule, so the validation figures stay untouched by
+the choice; the head is then refit on every prompt. Fine-tuning keeps the epoch with the best validation Hit@3 (then
+Hit@1, then BT loss).
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -23,13 +31,19 @@ from tqdm.auto import tqdm
 
 from services.core.cache import ScoreCache, cache_key, cached_compute
 from services.method.bt import BTHead, bt_loss
-from services.method.hits import hit_at_k
+from services.method.hits import best_single_choices, hits, in_top_k, knn_choices
 from services.method.pairs import bt_probability, make_pairs
 from services.routing.model import PromptEncoder, Router
 
 MODES = ("frozen", "finetune")
 DEFAULT_WEIGHT_DECAY = 0.01
-WEIGHT_DECAY_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: L2 on the head's prompt-dependent weights only (never on the per-teacher bias); the largest
+#: value leaves (nearly) the bias alone, i.e. the best single teacher, so selection can fall back to it.
+WEIGHT_DECAY_GRID = (1e-2, 1e-1, 1.0, 100.0)
+#: Folds of the cross-validation that chooses the frozen head's L2 on the training prompts.
+CV_FOLDS = 5
+#: Neighbours of the kNN baseline reported next to the router's validation figures.
+KNN_K = 10
 
 
 @dataclass
@@ -38,11 +52,11 @@ class TrainConfig:
     mode: str = "frozen"
     max_length: int = 512
     val_fraction: float = 0.15
-    weight_decay: float | None = None  # None: pick from WEIGHT_DECAY_GRID by validation loss
+    weight_decay: float | None = None  # frozen, None: chosen from WEIGHT_DECAY_GRID by cross-validated Hit@3 (one-SE rule)
     head_lr: float = 1e-3  # finetune only
     backbone_lr: float = 2e-5
-    epochs: int | None = None  # frozen: L-BFGS rounds of 10 iterations (default 50); finetune: passes (default 2)
-    patience: int | None = None  # validation checks without improvement (frozen: 3 rounds, finetune: 1 epoch)
+    epochs: int | None = None  # frozen: at most this many L-BFGS rounds of 10 iterations (default 50); finetune: passes (default 2)
+    patience: int | None = None  # finetune: epochs without a better validation score before stopping (default 1)
     batch_prompts: int = 16  # finetune only
     seed: int = 0
     device: str | None = None
@@ -66,14 +80,29 @@ def _pairs_tensors(scores: np.ndarray, device) -> tuple[torch.Tensor, ...]:
     return tuple(torch.as_tensor(x, device=device) for x in (pairs.prompt, pairs.a, pairs.b, pairs.label))
 
 
-def _val_metrics(strengths: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def _selection_key(strengths: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
+    """Higher is better: Hit@3, then Hit@1, then minus the BT loss."""
+    pairs = make_pairs(scores)
+    loss = float(bt_loss(torch.as_tensor(strengths), *(torch.as_tensor(x) for x in
+                                                       (pairs.prompt, pairs.a, pairs.b, pairs.label))))
+    h = hits(scores, strengths.argmax(axis=1))
+    return h["hit@3"], h["hit@1"], -loss if np.isfinite(loss) else -np.inf
+
+
+def validation_report(strengths: np.ndarray, scores: np.ndarray, train_scores: np.ndarray,
+                      train_features: np.ndarray, val_features: np.ndarray) -> dict[str, float]:
+    """The router's validation Hit@k next to the best single teacher's (by training mean) and a
+    kNN router's on the same prompts, plus pair accuracy and BT loss."""
     pairs = make_pairs(scores)
     prob = bt_probability(strengths[pairs.prompt], pairs.a, pairs.b)
-    chosen = strengths.argmax(axis=1)
     return {
+        "n_prompts": int(len(scores)),
         "pair_accuracy": float(((prob > 0.5) == (pairs.label > 0.5)).mean()) if len(pairs) else float("nan"),
-        "hit@1": hit_at_k(scores, chosen, 1),
-        "hit@3": hit_at_k(scores, chosen, 3),
+        "bt_loss": -_selection_key(strengths, scores)[2],
+        **hits(scores, strengths.argmax(axis=1)),
+        **hits(scores, best_single_choices(train_scores, len(scores)), "best_single_"),
+        **hits(scores, knn_choices(train_features, train_scores, val_features, KNN_K), "knn_"),
+        "knn_k": KNN_K,
     }
 
 
@@ -103,11 +132,12 @@ def train_router(prompts: Sequence[str], teachers: Sequence[str], scores: np.nda
     encoder = PromptEncoder(config.backbone, max_length=config.max_length, device=config.device)
     head = BTHead(encoder.hidden_size, len(teachers)).to(encoder.device)
     train_idx, val_idx = split_prompts(len(prompts), config.val_fraction, config.seed)
+    # Frozen embeddings serve the frozen head and, in both modes, the kNN baseline.
+    features = prompt_embeddings(encoder, config.backbone, prompts, cache, progress)
     if config.mode == "frozen":
-        features = prompt_embeddings(encoder, config.backbone, prompts, cache, progress)
         history = _train_frozen(head, features, scores, train_idx, val_idx, config, progress)
     else:
-        history = _train_finetune(encoder, head, prompts, scores, train_idx, val_idx, config, progress)
+        history = _train_finetune(encoder, head, prompts, features, scores, train_idx, val_idx, config, progress)
     router = Router(encoder, head, list(teachers), {
         "backbone": config.backbone, "mode": config.mode, "train": asdict(config) | {"device": None},
         **(extra_config or {}),
@@ -119,13 +149,17 @@ def train_router(prompts: Sequence[str], teachers: Sequence[str], scores: np.nda
     return router, metrics
 
 
-def _fit_head_lbfgs(head: BTHead, x_train: torch.Tensor, train_pairs, x_val: torch.Tensor, val_pairs,
-                    l2: float, max_rounds: int, patience: int) -> tuple[float, int, dict]:
-    """Fit the head by L-BFGS in rounds of 10 iterations, stopping early on validation loss.
+def _standardise(head: BTHead, x: torch.Tensor) -> None:
+    head.feature_mean.copy_(x.mean(dim=0))
+    head.feature_scale.copy_(x.std(dim=0) + 1e-6 if len(x) > 1 else torch.ones_like(x[0]))
 
-    The frozen-backbone problem is L2-regularised logistic regression on pair
-    differences, so a quasi-Newton fit converges in a few rounds where Adam needs
-    hundreds of steps and a tuned learning rate.
+
+def _fit_head(head: BTHead, x: torch.Tensor, pairs, l2: float, max_rounds: int) -> None:
+    """Fit the head by L-BFGS from zero, in rounds of 10 iterations, until the objective settles.
+
+    The frozen-backbone problem is logistic regression on pair differences with L2 on the
+    prompt-dependent weights only, so it is convex: the L2 regularises, no early stopping
+    is needed, and the per-teacher bias (the teacher order) is never shrunk.
     """
     torch.nn.init.zeros_(head.linear.weight)
     torch.nn.init.zeros_(head.linear.bias)
@@ -134,70 +168,109 @@ def _fit_head_lbfgs(head: BTHead, x_train: torch.Tensor, train_pairs, x_val: tor
 
     def objective():
         optimiser.zero_grad()
-        loss = bt_loss(head(x_train), *train_pairs) + l2 * head.linear.weight.pow(2).sum()
+        loss = bt_loss(head(x), *pairs) + l2 * head.linear.weight.pow(2).sum()
         loss.backward()
         return loss
 
-    best = (float("inf"), 0, copy.deepcopy(head.state_dict()))
-    for round_ in range(1, max_rounds + 1):
-        optimiser.step(objective)
-        if val_pairs is None:
-            best = (float("nan"), round_, copy.deepcopy(head.state_dict()))
-            continue
-        with torch.no_grad():
-            val_loss = float(bt_loss(head(x_val), *val_pairs))
-        if val_loss < best[0] - 1e-6:
-            best = (val_loss, round_, copy.deepcopy(head.state_dict()))
-        elif round_ - best[1] >= patience:
+    previous = float("inf")
+    for _ in range(max_rounds):
+        loss = float(optimiser.step(objective).detach())
+        if previous - loss < 1e-6 * max(1.0, abs(loss)):
             break
-    return best
+        previous = loss
+
+
+def _fitted_strengths(head: BTHead, features: np.ndarray, scores: np.ndarray, fit_idx: np.ndarray,
+                      eval_idx: np.ndarray, l2: float, max_rounds: int) -> np.ndarray:
+    device = head.linear.weight.device
+    x_fit = torch.as_tensor(features[fit_idx], device=device)
+    _standardise(head, x_fit)
+    _fit_head(head, x_fit, _pairs_tensors(scores[fit_idx], device), l2, max_rounds)
+    with torch.no_grad():
+        return head(torch.as_tensor(features[eval_idx], device=device)).cpu().numpy()
+
+
+def _choose_l2(head: BTHead, features: np.ndarray, scores: np.ndarray, train_idx: np.ndarray,
+               seed: int, max_rounds: int, progress: bool) -> tuple[float, dict]:
+    """The largest L2 whose cross-validated Hit@3 and Hit@1 on the training prompts are each within
+    one standard error of the best candidate's (the one-standard-error rule; the best is ranked by
+    Hit@3, then Hit@1, then -BT loss).
+
+    On a few hundred prompts the Hit@k of close candidates differs by noise, and a smaller L2
+    that wins the folds by chance loses on new prompts; the rule keeps prompt-dependent weights
+    only where they beat the (nearly) bias-only head by more than that noise.
+    """
+    folds = np.array_split(np.random.default_rng(seed + 1).permutation(train_idx), CV_FOLDS)
+    table, keys, top = {}, {}, {}
+    for l2 in tqdm(WEIGHT_DECAY_GRID, disable=not progress, desc="choose router L2"):
+        out_of_fold = np.zeros((len(features), scores.shape[1]))
+        for i, fold in enumerate(folds):
+            rest = np.concatenate([f for j, f in enumerate(folds) if j != i])
+            out_of_fold[fold] = _fitted_strengths(head, features, scores, rest, fold, l2, max_rounds)
+        keys[l2] = _selection_key(out_of_fold[train_idx], scores[train_idx])
+        chosen = out_of_fold[train_idx].argmax(axis=1)
+        top[l2] = {k: in_top_k(scores[train_idx], chosen, k) for k in (3, 1)}
+        table[str(l2)] = {"hit@3": keys[l2][0], "hit@1": keys[l2][1], "bt_loss": -keys[l2][2]}
+    best = max(keys, key=keys.get)
+    errors = {k: float(top[best][k].std(ddof=1) / np.sqrt(len(train_idx))) for k in (3, 1)}
+    chosen_l2 = max(l2 for l2 in WEIGHT_DECAY_GRID
+                    if all(top[l2][k].mean() >= top[best][k].mean() - errors[k] for k in (3, 1)))
+    return chosen_l2, {"by_weight_decay": table, "best": best,
+                       "standard_error": {f"hit@{k}": e for k, e in errors.items()}}
 
 
 def _train_frozen(head: BTHead, features: np.ndarray, scores: np.ndarray, train_idx: np.ndarray,
                   val_idx: np.ndarray, config: TrainConfig, progress: bool) -> dict:
-    device = head.linear.weight.device
-    x_train = torch.as_tensor(features[train_idx], device=device)
-    head.feature_mean.copy_(x_train.mean(dim=0))
-    head.feature_scale.copy_(x_train.std(dim=0) + 1e-6)
-    train_pairs = _pairs_tensors(scores[train_idx], device)
-    x_val = torch.as_tensor(features[val_idx], device=device)
-    val_pairs = _pairs_tensors(scores[val_idx], device) if len(val_idx) else None
-    if val_pairs is not None and len(val_pairs[0]) == 0:
-        val_pairs = None
-    grid = WEIGHT_DECAY_GRID if config.weight_decay is None and val_pairs is not None else (
-        [config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY])
-    rounds = config.epochs or 50
-    tried = {}
-    best = None
-    for l2 in tqdm(grid, disable=not progress, desc="train router head"):
-        val_loss, rounds_used, state = _fit_head_lbfgs(
-            head, x_train, train_pairs, x_val, val_pairs, l2, rounds, config.patience or 3)
-        tried[str(l2)] = val_loss
-        if best is None or val_loss < best[0]:
-            best = (val_loss, rounds_used, state, l2)
-    history: dict = {"weight_decay": best[3], "best_round": best[1]}
-    if val_pairs is not None:
-        head.load_state_dict(best[2])
-        with torch.no_grad():
-            val_strengths = head(x_val).cpu().numpy()
-        history.update(val_loss=best[0], val_loss_by_weight_decay=tried,
-                       val=_val_metrics(val_strengths, scores[val_idx]))
-        # Refit on every calibration prompt with the chosen decay and length: the
-        # validation prompts were only needed to choose them.
-        all_idx = np.sort(np.concatenate([train_idx, val_idx]))
-        x_all = torch.as_tensor(features[all_idx], device=device)
-        head.feature_mean.copy_(x_all.mean(dim=0))
-        head.feature_scale.copy_(x_all.std(dim=0) + 1e-6)
-        _fit_head_lbfgs(head, x_all, _pairs_tensors(scores[all_idx], device), x_all, None,
-                        best[3], best[1], 0)
+    with _one_thread():
+        return _fit_frozen(head, features, scores, train_idx, val_idx, config, progress)
+
+
+def _fit_frozen(head: BTHead, features: np.ndarray, scores: np.ndarray, train_idx: np.ndarray,
+                val_idx: np.ndarray, config: TrainConfig, progress: bool) -> dict:
+    max_rounds = config.epochs or 50
+    history: dict = {}
+    can_cross_validate = len(train_idx) >= 2 * CV_FOLDS and len(make_pairs(scores[train_idx])) > 0
+    if config.weight_decay is not None or not can_cross_validate:
+        l2 = DEFAULT_WEIGHT_DECAY if config.weight_decay is None else config.weight_decay
     else:
-        head.load_state_dict(best[2])
+        l2, history["cross_validation"] = _choose_l2(head, features, scores, train_idx, config.seed,
+                                                       max_rounds, progress)
+    history["weight_decay"] = l2
+    if len(val_idx) and len(make_pairs(scores[val_idx])):
+        val_strengths = _fitted_strengths(head, features, scores, train_idx, val_idx, l2, max_rounds)
+        history["val"] = validation_report(val_strengths, scores[val_idx], scores[train_idx],
+                                           features[train_idx], features[val_idx])
+    # The final head learns from every calibration prompt: the validation prompts only reported.
+    _fitted_strengths(head, features, scores, np.arange(len(features)), np.arange(0), l2, max_rounds)
     head.eval()
     return history
 
 
-def _train_finetune(encoder: PromptEncoder, head: BTHead, prompts: Sequence[str], scores: np.ndarray,
-                    train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig, progress: bool) -> dict:
+@contextlib.contextmanager
+def _one_thread():
+    """Fit the small head problems on one CPU thread: a second one only adds synchronisation, which
+    costs up to 10x on a loaded machine (torch's thread count is per process; restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast where the GPU supports it; fp32 elsewhere (CPU bf16 is slow and lossy here)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _train_finetune(encoder: PromptEncoder, head: BTHead, prompts: Sequence[str], features: np.ndarray,
+                    scores: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig,
+                    progress: bool) -> dict:
+    # fp32 master weights: AdamW steps on bf16 weights (a bf16 config such as Qwen2.5's) mostly
+    # round away, since bf16 keeps 8 bits of mantissa.
+    encoder.model.float()
     device = encoder.device
     weight_decay = DEFAULT_WEIGHT_DECAY if config.weight_decay is None else config.weight_decay
     optimiser = torch.optim.AdamW([
@@ -209,7 +282,14 @@ def _train_finetune(encoder: PromptEncoder, head: BTHead, prompts: Sequence[str]
     epochs = config.epochs or 2
     val_prompts = [prompts[i] for i in val_idx]
     has_val = len(val_idx) > 0 and len(make_pairs(scores[val_idx])) > 0
-    best = (float("inf"), 0, None)
+
+    def val_strengths() -> np.ndarray:
+        with _autocast(device):
+            encoded = torch.as_tensor(encoder.encode(val_prompts), device=device)
+        with torch.no_grad():
+            return head(encoded).float().cpu().numpy()
+
+    best = (None, 0, None, None)  # (selection key, epoch, weights, validation strengths)
     bar = tqdm(total=epochs * len(train_idx), disable=not progress, desc="fine-tune router")
     train_loss = float("nan")
     for epoch in range(1, epochs + 1):
@@ -222,21 +302,22 @@ def _train_finetune(encoder: PromptEncoder, head: BTHead, prompts: Sequence[str]
             bar.update(len(batch))
             if len(pairs[0]) == 0:
                 continue
-            loss = bt_loss(head(encoder([prompts[i] for i in batch])), *pairs)
+            with _autocast(device):
+                strengths = head(encoder([prompts[i] for i in batch]))
+            loss = bt_loss(strengths.float(), *pairs)
             optimiser.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(head.parameters()), 1.0)
             optimiser.step()
             train_loss = loss.item()
         if has_val:
-            features = torch.as_tensor(encoder.encode(val_prompts), device=device)
-            with torch.no_grad():
-                val_loss = float(bt_loss(head(features), *_pairs_tensors(scores[val_idx], device)))
-            if val_loss < best[0]:
+            strengths = val_strengths()
+            key = _selection_key(strengths, scores[val_idx])
+            if best[0] is None or key > best[0]:
                 state = {k: v.detach().cpu().clone() for k, v in
                          {**{"encoder." + k: v for k, v in encoder.state_dict().items()},
                           **{"head." + k: v for k, v in head.state_dict().items()}}.items()}
-                best = (val_loss, epoch, state)
+                best = (key, epoch, state, strengths)
             elif epoch - best[1] >= (config.patience or 1):
                 break
     bar.close()
@@ -245,10 +326,9 @@ def _train_finetune(encoder: PromptEncoder, head: BTHead, prompts: Sequence[str]
         head.load_state_dict({k[5:]: v for k, v in best[2].items() if k.startswith("head.")})
     encoder.eval()
     head.eval()
-    history = {"train_loss": train_loss, "epochs": epoch, "best_epoch": best[1] if has_val else epoch}
+    history = {"train_loss": train_loss, "epochs": epoch, "best_epoch": best[1] if has_val else epoch,
+               "weight_decay": weight_decay}
     if has_val:
-        with torch.no_grad():
-            val_strengths = head(torch.as_tensor(encoder.encode(val_prompts), device=device)).cpu().numpy()
-        history["val_loss"] = best[0]
-        history["val"] = _val_metrics(val_strengths, scores[val_idx])
+        history["val"] = validation_report(best[3], scores[val_idx], scores[train_idx],
+                                           features[train_idx], features[val_idx])
     return history
