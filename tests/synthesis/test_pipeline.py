@@ -1,6 +1,7 @@
 """The offline pipeline end to end: demo pool on loopback, real student and router backbone."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,9 +38,10 @@ def test_calibration_prompts_keep_their_best_answer_by_the_combined_reward(run):
     records = load_parallel(out / "calibration_parallel.jsonl")
     teachers = summary["teachers"]
     quality = quality_matrix(records, teachers, "file")
-    # Learnability comes back from the run's score cache: nothing is recomputed.
+    # Learnability comes back from the run's score cache (the pipeline scores in fp32): nothing is
+    # recomputed, or the stand-in scorer, which cannot score, would raise.
     learn = learnability_matrix(records, teachers, "smollm2-135m-instruct",
-                                cache=ScoreCache(out / "scores.sqlite"), scorer=object())
+                                cache=ScoreCache(out / "scores.sqlite"), scorer=SimpleNamespace(precision="fp32"))
     best = nan_argmax(combine(quality, learn, summary["alpha"]))
     rows = {r["id"]: r for r in map(json.loads, (out / "dataset" / "persyn.jsonl").read_text().splitlines())}
     for rec, b in zip(records, best):
