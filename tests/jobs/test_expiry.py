@@ -51,3 +51,4 @@ def test_a_finished_job_leaves_nothing_behind_after_its_retention(store):
     leftover = _keys(store) - baseline
     assert {k for k in leftover if not k.endswith(":lease:generate:g00000")} == set()
     assert store.r.ttl(store._k("job", done, "lease", "generate", "g00000")) > 0  # a lease expires by itself
+
