@@ -11,6 +11,7 @@ from services.jobs.stages import JOB_KINDS
 from services.jobs.store import JOB_STATES
 from services.method.export import FORMATS
 from services.method.strategies import STRATEGIES
+from services.routing.training import MODES as ROUTER_MODES
 
 #: Student and job ids and version names become Redis keys and directory names: a slug that starts
 #: with a letter or digit, so none can reach another key (no ':') or leave its directory ('.', '..', '/').
@@ -26,6 +27,7 @@ JobKind = Literal[JOB_KINDS]  # type: ignore[valid-type]
 Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 DatasetFormat = Literal[FORMATS]  # type: ignore[valid-type]
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+RouterMode = Literal[ROUTER_MODES]  # type: ignore[valid-type]
 
 
 class ErrorResponse(BaseModel):
@@ -149,6 +151,14 @@ class JobSpec(BaseModel):
     strong_teacher: str | None = None
     student_family: str | None = Field(None, max_length=64)
     max_tokens: int | None = Field(None, ge=1, le=32768)
+    router_mode: RouterMode = Field(
+        "frozen", description="How a calibration trains the router: a frozen backbone + BT head (CPU-friendly), or "
+                              "finetune: backbone and head together in fp32 master weights (the paper's router; "
+                              "a GPU when the training worker has one).")
+    router_backbone: str | None = Field(
+        None, pattern=MODEL_PATTERN, examples=["all-minilm-l6-v2", "smollm2-135m-instruct", "Qwen/Qwen2.5-0.5B"],
+        description="The router's backbone (an encoder is mean-pooled, a decoder pooled at its last token); "
+                    "the service default (PERSYN_ROUTER_BACKBONE) when absent.")
     seed: int = 0
 
 

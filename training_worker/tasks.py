@@ -47,6 +47,12 @@ def _calibration_matrices(job_id: str, teachers: list[str]) -> tuple[list[str], 
     return [p["prompt"] for p in store.prompts(job_id, ids)], mats
 
 
+def train_config(spec: dict, settings) -> TrainConfig:
+    """The router training a calibrate job asked for (mode, backbone), on the worker's device."""
+    return TrainConfig(backbone=spec.get("router_backbone") or settings.router_backbone,
+                       mode=spec.get("router_mode") or "frozen", seed=spec.get("seed", 0), device=settings.device)
+
+
 @lru_cache(maxsize=4)
 def _router(path: str) -> Router:
     """Routers stay loaded for the life of the worker process (a version's artifact never changes)."""
@@ -117,7 +123,7 @@ def _train(job_id: str) -> str:
     if version not in known:  # a redelivered task finds the version published and skips training
         teachers = [t.name for t in job_teachers(store, settings, job_id)]
         prompts, mats = _calibration_matrices(job_id, teachers)
-        config = TrainConfig(backbone=settings.router_backbone, seed=spec.get("seed", 0), device=settings.device)
+        config = train_config(spec, settings)
         try:
             router, metrics = train_router(
                 prompts, teachers, mats["combined"], config, cache=rt.score_cache(),

@@ -13,7 +13,7 @@ def cmd_pipeline(args) -> None:
     run_pipeline(PipelineConfig(
         out_dir=args.out, n_prompts=args.prompts, n_calibration=args.calibration, prompts_file=args.prompts_file,
         pool_file=args.pool, student=args.student or PipelineConfig.student, alpha=args.alpha,
-        backbone=args.backbone, max_tokens=args.max_tokens, workers=args.workers, seed=args.seed))
+        backbone=args.backbone, router_mode=args.router_mode, max_tokens=args.max_tokens, workers=args.workers, seed=args.seed))
 
 
 def register(sub) -> None:
@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--student", default=None)
     p.add_argument("--alpha", type=alpha_arg, default=0.4)
     p.add_argument("--backbone", default="all-minilm-l6-v2")
+    p.add_argument("--router-mode", choices=("frozen", "finetune"), default="frozen",
+                   help="finetune trains the backbone with the head (the paper's router; slow on a CPU)")
     p.add_argument("--max-tokens", type=positive_int, default=None,
                    help="answer limit for every teacher (default: each teacher's own max_tokens)")
     p.add_argument("--workers", type=int, default=4)

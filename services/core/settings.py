@@ -128,13 +128,14 @@ class Settings:
     router_min_prompts: int = 10  # publish gate: scored calibration prompts a router needs to be activated
     router_min_pairs: int = 20  # publish gate: Bradley-Terry training pairs it needs
     chunk_items: int = 32  # prompt-teacher items per generation task (one lease, pipelined Redis writes)
+    min_chunks: int = 64  # a stage with the items is cut into at least this many tasks (>= generation processes)
     chunk_parallel: int = 16  # teacher requests one generation task keeps in flight
     route_chunk_prompts: int = 2048  # prompts per routing task; generation starts as each chunk is routed
     job_working_ttl_s: int = 3600  # after a job ends, its working state (plans, leases, answers) expires
     job_retention_s: int = 7 * 86400  # ... and its record and dataset after this long
 
     def __post_init__(self):
-        for name in ("chunk_items", "chunk_parallel", "route_chunk_prompts", "job_working_ttl_s", "job_retention_s"):
+        for name in ("chunk_items", "min_chunks", "chunk_parallel", "route_chunk_prompts", "job_working_ttl_s", "job_retention_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_VARS[name]} must be at least 1, got {getattr(self, name)}")
         if self.job_retention_s < self.job_working_ttl_s:
@@ -183,6 +184,7 @@ ENV_VARS = {
     "redis_retry_s": "PERSYN_REDIS_RETRY_S",
     "max_redeliveries": "PERSYN_MAX_REDELIVERIES",
     "chunk_items": "PERSYN_CHUNK_ITEMS",
+    "min_chunks": "PERSYN_MIN_CHUNKS",
     "chunk_parallel": "PERSYN_CHUNK_PARALLEL",
     "route_chunk_prompts": "PERSYN_ROUTE_CHUNK_PROMPTS",
     "job_working_ttl_s": "PERSYN_JOB_WORKING_TTL_S",

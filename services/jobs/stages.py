@@ -66,6 +66,13 @@ def generation_units(job_id: str, stage: str, pairs: list[tuple[str, str]], size
             for i in range(0, len(pairs), size)]
 
 
+def chunk_size(n_items: int, settings: Settings) -> int:
+    """Items per generation task for a stage (or a routed chunk) of ``n_items``: at least
+    ``PERSYN_MIN_CHUNKS`` tasks, so every worker process gets work and progress moves, and at most
+    ``PERSYN_CHUNK_ITEMS`` items in one, which a big stage fills."""
+    return max(1, min(settings.chunk_items, -(-n_items // settings.min_chunks)))
+
+
 def unit_items(unit: str, task: str, args: list) -> list[str]:
     """The items a planned unit counts: a generation chunk its (prompt, teacher) items, others themselves."""
     if task == GENERATE_TASK:
@@ -160,7 +167,7 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
             teachers = [t.name for t in job_teachers(store, settings, job_id)]
             pairs = [(pid, t) for pid in calibration for t in teachers]
             _start(store, settings, job_id, "calibration.generate",
-                   generation_units(job_id, "calibration.generate", pairs, settings.chunk_items, "c"),
+                   generation_units(job_id, "calibration.generate", pairs, chunk_size(len(pairs), settings), "c"),
                    total=len(pairs))
         else:
             _start_synthesis(store, settings, job_id, strategy)
@@ -189,7 +196,7 @@ def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy:
         teachers = [t.name for t in job_teachers(store, settings, job_id)]
         pairs = [(pid, t) for pid in prompt_ids for t in teachers]
         _start(store, settings, job_id, "generate",
-               generation_units(job_id, "generate", pairs, settings.chunk_items, "g"), total=len(pairs))
+               generation_units(job_id, "generate", pairs, chunk_size(len(pairs), settings), "g"), total=len(pairs))
         return
     size = settings.route_chunk_prompts
     units = [(f"r{i // size:05d}", ROUTE_TASK, [job_id, f"r{i // size:05d}", prompt_ids[i:i + size]], "training")
@@ -209,7 +216,7 @@ def plan_routed_generation(store: JobStore, settings: Settings, job_id: str, rou
                            assigned: list[tuple[str, str]]) -> list[tuple[str, list, str]]:
     """Plan the generation of one routing chunk's (prompt, teacher) pairs; returns the messages to
     send once the chunk is counted (planned first, so the watchdog finds any that never left)."""
-    units = generation_units(job_id, "generate", assigned, settings.chunk_items, f"{route_unit}-")
+    units = generation_units(job_id, "generate", assigned, chunk_size(len(assigned), settings), f"{route_unit}-")
     Leases(store).record_plan(job_id, "generate", units)
     return [(task, args, queue) for _, task, args, queue in units]
 

@@ -17,9 +17,10 @@ import argparse
 import json
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from services.core.settings import Settings
 from services.routing.client import service_from_settings
@@ -33,6 +34,23 @@ class RouteRequest(BaseModel):
     student_id: str = Field(min_length=1)
     prompts: list[str] = Field(min_length=1)
     top_k: int = Field(default=3, ge=1)
+
+    @field_validator("prompts")
+    @classmethod
+    def _unicode(cls, prompts: list[str]) -> list[str]:
+        """A lone surrogate (a ``\\ud800`` escape) is no text a tokenizer can take: refuse it here."""
+        for i, prompt in enumerate(prompts):
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"prompt {i} is not valid Unicode (a lone surrogate such as \\ud800)") from None
+        return prompts
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 as ``{"detail": str}`` naming each field, never echoing the input (it may not even encode)."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"detail": problems.encode("utf-8", "backslashreplace").decode("utf-8")}, status_code=422)
 
 
 def create_app(settings: Settings | None = None, *, service: RouterService | None = None) -> FastAPI:
@@ -58,6 +76,7 @@ def create_app(settings: Settings | None = None, *, service: RouterService | Non
                 store.r.close()
 
     app = FastAPI(title="PerSyn router service", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.service = service
     app.state.settings = settings
 

@@ -42,6 +42,7 @@ class PipelineConfig:
     alpha: float = 0.4
     normalisation: str = "zscore"
     backbone: str = "all-minilm-l6-v2"
+    router_mode: str = "frozen"  # or "finetune": the backbone trains with the head (the paper's router)
     max_tokens: int | None = None  # the job's answer limit for every teacher; None: each teacher's own
     workers: int = 4
     seed: int = 0
@@ -113,10 +114,10 @@ def run_pipeline(config: PipelineConfig) -> dict:
             rec.quality = {t: float(v) for t, v in zip(names, q)}
         write_jsonl([r.to_json() for r in records], out / "calibration_parallel.jsonl")
 
-        _log(f"training the router ({config.backbone}, frozen backbone) on {len(make_pairs(scores))} pairs")
+        _log(f"training the router ({config.backbone}, {config.router_mode}) on {len(make_pairs(scores))} pairs")
         router, metrics = train_router(
             [r.prompt for r in records], names, scores,
-            TrainConfig(backbone=config.backbone, seed=config.seed), cache=cache,
+            TrainConfig(backbone=config.backbone, mode=config.router_mode, seed=config.seed), cache=cache,
             extra_config={"student": config.student, "alpha": config.alpha,
                           "normalisation": config.normalisation, "quality": QUALITY_MATH_VERIFY})
         router.save(out / "router", metrics=metrics)

@@ -90,7 +90,7 @@ def chaos(tmp_path_factory):
                                   "PERSYN_REDIS_RETRY_S": "30", "PERSYN_TASK_MAX_RETRIES": "2",
                                   "PERSYN_ROUTER_MIN_PROMPTS": "10", "PERSYN_ROUTER_MIN_PAIRS": "10",
                                   # chunks of 2 items: a fault always meets chunks in flight and queued
-                                  "PERSYN_CHUNK_ITEMS": "2", "PERSYN_CHUNK_PARALLEL": "2"})
+                                  "PERSYN_CHUNK_ITEMS": "2", "PERSYN_MIN_CHUNKS": "1", "PERSYN_CHUNK_PARALLEL": "2"})
     try:
         with stack:
             with httpx.Client(base_url=stack.url, timeout=30) as client:

@@ -173,6 +173,18 @@ def test_calibrate_job_fans_out_over_the_pool(client, enqueued):
         ("p000001", "mathy"), ("p000001", "poet"), ("p000002", "mathy"), ("p000002", "poet")]
 
 
+def test_a_calibration_may_ask_for_the_papers_fine_tuned_router(client, enqueued):
+    prompts = [{"prompt": "What is 1 plus 2?", "reference": 3}, {"prompt": "What is 2 plus 2?", "reference": 4}]
+    job = dict(kind="calibrate", student_id="stu-new", calibration_size=2, prompts=prompts)
+    reply = client.post("/v1/jobs", json=_job(**job, router_mode="finetune", router_backbone="smollm2-135m-instruct"))
+    assert reply.status_code == 202, reply.text
+    assert reply.json()["spec"]["router_mode"] == "finetune"
+    assert reply.json()["spec"]["router_backbone"] == "smollm2-135m-instruct"
+    for bad in ({"router_mode": "lora"}, {"router_backbone": "/etc"}, {"router_backbone": "../x"}):
+        refused = client.post("/v1/jobs", json=_job(**job, **bad))
+        assert refused.status_code == 422 and list(bad)[0] in refused.json()["detail"], refused.text
+
+
 def test_ids_that_could_reach_other_redis_keys_are_rejected(client, store):
     job_id = store.create_job("synthesize", {"student_id": "stu-a"}, [{"id": "x", "prompt": "y"}])
     for path in (f"/v1/jobs/{job_id}:order", f"/v1/jobs/{job_id}:order/dataset", "/v1/students/stu-a:versions"):

@@ -4,27 +4,11 @@ else of it after ``job_retention_s``, so Redis returns to its size before the jo
 from __future__ import annotations
 
 import time
-import uuid
-
-import pytest
 
 from services.core.settings import Settings
 from services.jobs.leases import Leases
 from services.jobs.stages import cancel_job, conclude, generation_units
 from services.jobs.store import JobStore
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def store():
-    prefix = f"test-expiry-{uuid.uuid4().hex[:8]}"
-    store = JobStore.from_url(REDIS_URL, prefix)
-    if not store.ping():
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    yield store
-    for key in store.r.scan_iter(f"{prefix}:*"):
-        store.r.delete(key)
 
 
 def _keys(store: JobStore) -> set[str]:
@@ -67,3 +51,4 @@ def test_a_finished_job_leaves_nothing_behind_after_its_retention(store):
     leftover = _keys(store) - baseline
     assert {k for k in leftover if not k.endswith(":lease:generate:g00000")} == set()
     assert store.r.ttl(store._k("job", done, "lease", "generate", "g00000")) > 0  # a lease expires by itself
+

@@ -5,28 +5,12 @@ leaves a finished stage whose job did not move on."""
 from __future__ import annotations
 
 import time
-import uuid
-
-import pytest
 
 from services.core.settings import Settings
 from services.jobs.leases import Leases
 from services.jobs.stages import GENERATE_TASK, describe_job
 from services.jobs.store import JobStore
 from services.jobs.watchdog import sweep
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def store():
-    prefix = f"test-watchdog-{uuid.uuid4().hex[:8]}"
-    store = JobStore.from_url(REDIS_URL, prefix)
-    if not store.ping():
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    yield store
-    for key in store.r.scan_iter(f"{prefix}:*"):
-        store.r.delete(key)
 
 
 def _generating_job(store: JobStore, n: int) -> str:

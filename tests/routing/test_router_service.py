@@ -329,5 +329,9 @@ def test_server_errors_and_health(store, artifacts, server):
             assert client.post("/route", json=bad).status_code == 422, bad
         assert client.post("/route", content=b"{not json", headers={"content-type": "application/json"}
                            ).status_code == 422
+        surrogate = client.post("/route", content=b'{"student_id": "x", "prompts": ["ok", "\\ud800 x"]}',
+                                headers={"content-type": "application/json"})
+        assert surrogate.status_code == 422 and "prompt 1 is" in surrogate.json()["detail"], surrogate.text
+        assert "not valid Unicode" in surrogate.json()["detail"]
         health = client.get("/healthz")
         assert health.status_code == 200 and health.json()["status"] == "ok"
