@@ -204,9 +204,9 @@ def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy:
     leases = Leases(store)
     leases.record_plan(job_id, "route", units)
     leases.record_plan(job_id, "generate", [])
-    if not store.start_stage(job_id, "route", len(units)):
-        return  # a redelivered task already opened it
-    store.start_stage(job_id, "generate", len(prompt_ids))  # filled as the routing chunks finish
+    # generate is filled as the routing chunks finish
+    if not store.start_stages(job_id, [("route", len(units)), ("generate", len(prompt_ids))]):
+        return  # a redelivered task already opened them
     enqueue_many([(task, args, queue) for _, task, args, queue in units])
     if not units:
         conclude(store, job_id, settings=settings)

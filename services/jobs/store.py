@@ -68,6 +68,20 @@ redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 """
 
+#: Open several stages at once, or none if the first exists (a redelivered task). KEYS: job hash,
+#: stages list, then each stage's hash; ARGV: now, then (name, total) per stage.
+_START_STAGES = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+for i = 3, #KEYS do
+  local name, total = ARGV[2 * (i - 3) + 2], ARGV[2 * (i - 3) + 3]
+  redis.call('HSET', KEYS[i], 'total', total, 'done', 0, 'failed', 0, 'started', ARGV[1])
+  if tonumber(total) == 0 then redis.call('HSET', KEYS[i], 'finished', ARGV[1]) end
+  redis.call('RPUSH', KEYS[2], name)
+end
+redis.call('HSET', KEYS[1], 'stage', ARGV[#ARGV - 1], 'updated', ARGV[1])
+return 1
+"""
+
 
 class NotFound(KeyError):
     """An unknown student, router version or job."""
@@ -87,6 +101,7 @@ class JobStore:
         self.p = prefix
         self._mark_item = client.register_script(_MARK_ITEM)
         self._mark_items = client.register_script(_MARK_ITEMS)
+        self._start_stages = client.register_script(_START_STAGES)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "persyn") -> "JobStore":
@@ -246,6 +261,16 @@ class JobStore:
         self.r.rpush(self._k("job", job_id, "stages"), stage)
         self.update_job(job_id, stage=stage)
         return True
+
+    def start_stages(self, job_id: str, stages: list[tuple[str, int]]) -> bool:
+        """Open stages that run side by side (routing and generation) in one step, so no crash can
+        leave one open without the other; False if they were already opened (redelivery)."""
+        args: list = [_now()]
+        for name, total in stages:
+            args += [name, total]
+        keys = [self._k("job", job_id), self._k("job", job_id, "stages")]
+        keys += [self._k("job", job_id, "stage", name) for name, _ in stages]
+        return bool(self._start_stages(keys=keys, args=args))
 
     def mark_item(self, job_id: str, stage: str, item: str, *, ok: bool = True, error: str | None = None) -> bool:
         """Count one finished item once; True for the single call that completes the stage."""

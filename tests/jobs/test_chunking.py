@@ -17,3 +17,13 @@ def test_units_cover_every_pair_once_with_ids_unique_in_the_stage():
     units = generation_units("j", "generate", pairs, 4, "r00001-")
     assert [u[0] for u in units] == ["r00001-00000", "r00001-00001", "r00001-00002"]
     assert [tuple(x) for u in units for x in u[2][3]] == pairs and all(u[3] == "generation" for u in units)
+
+
+def test_routing_and_generation_open_together_once(store):
+    job_id = store.create_job("synthesize", {"student_id": "s"}, [{"id": "p0", "prompt": "q"}])
+    assert store.start_stages(job_id, [("route", 1), ("generate", 0)])
+    assert not store.start_stages(job_id, [("route", 1), ("generate", 0)])  # a redelivered task
+    progress = {s["stage"]: s for s in store.stage_progress(job_id)}
+    assert list(progress) == ["route", "generate"] and store.job_record(job_id)["stage"] == "generate"
+    assert progress["route"]["total"] == 1 and progress["route"]["finished"] is None
+    assert progress["generate"]["finished"] is not None  # nothing to generate: finished at once
