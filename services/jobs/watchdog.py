@@ -73,7 +73,7 @@ def sweep(store: JobStore, settings: Settings) -> dict[str, int]:
 def _sweep_stage(store: JobStore, settings: Settings, leases: Leases, job_id: str, stage: str,
                  did: dict[str, int]) -> None:
     """Requeue the stalled and lost units of one open stage (or give them up)."""
-    from services.jobs.stages import enqueue, unit_items
+    from services.jobs.stages import enqueue
 
     flying = sorted(leases.in_flight(job_id, stage))
     landed = leases.finished(job_id, stage, flying)
@@ -96,7 +96,7 @@ def _sweep_stage(store: JobStore, settings: Settings, leases: Leases, job_id: st
             continue
         task, args, queue = plan[unit]
         if leases.redeliveries(job_id, stage, unit) >= settings.max_redeliveries:
-            _give_up(store, leases, settings, job_id, stage, unit, unit_items(unit, task, args))
+            _give_up(store, leases, settings, job_id, stage, unit, task, args)
             did["given_up"] += 1
             continue
         n = leases.count_redelivery(job_id, stage, unit)
@@ -106,20 +106,36 @@ def _sweep_stage(store: JobStore, settings: Settings, leases: Leases, job_id: st
 
 
 def _give_up(store: JobStore, leases: Leases, settings: Settings, job_id: str, stage: str, unit: str,
-             items: list[str]) -> None:
-    """Fail what is left of a unit no worker could finish (its items, a chunk's id with them)."""
-    from services.jobs.stages import advance, failure_owner
+             task: str, args: list) -> None:
+    """Fail what is left of a unit no worker could finish (its items, a chunk's id with them); a
+    routing chunk also fails the generation of its prompts that were never routed, so the job ends."""
+    from services.jobs.stages import ROUTE_TASK, routing_failure_items, unit_items
 
     reason = (f"no worker finished this item after {settings.max_redeliveries} redeliveries "
               f"(each lost its lease: worker died or lost Redis)")
     leases.count(job_id, stage, "given_up")
     leases.drop_in_flight(job_id, stage, [unit])
+    items = unit_items(unit, task, args)
+    _fail(store, leases, settings, job_id, stage, items, reason, unit=unit if items != [unit] else None)
+    if task == ROUTE_TASK:
+        assigned = store.results_for(job_id, "assign", args[2])
+        unrouted = [pid for pid in args[2] if pid not in assigned]
+        _fail(store, leases, settings, job_id, "generate", routing_failure_items(unrouted), f"routing: {reason}")
+
+
+def _fail(store: JobStore, leases: Leases, settings: Settings, job_id: str, stage: str, items: list[str],
+          reason: str, unit: str | None = None) -> None:
+    """Count the items of ``items`` not yet counted as failed (each under its owner), advancing the
+    job if that completes the stage."""
+    from services.jobs.stages import advance, failure_owner
+
+    if not items:
+        return
     seen = store.r.smismember(store._k("job", job_id, "stage", stage, "items"), items)
     left = [item for item, counted in zip(items, seen) if not counted]
     for item in left:
         leases.count_failure(job_id, failure_owner(stage, item), reason)
-    completed, _ = store.mark_items(job_id, stage, [(item, False, reason) for item in left],
-                                    unit=unit if items != [unit] else None)
+    completed, _ = store.mark_items(job_id, stage, [(item, False, reason) for item in left], unit=unit)
     if completed:
         advance(store, job_id, stage, settings)
 

@@ -97,3 +97,26 @@ def test_a_chunk_given_up_fails_only_its_unfinished_items(store):
     assert job["state"] == "partial" and job["rows"] == 2
     assert job["stages"][0]["done"] == 2 and job["stages"][0]["failed"] == 2
     assert job["failures"]["t"]["items"] == 2
+
+
+def test_a_routing_chunk_given_up_fails_its_unrouted_prompts_and_the_job_ends(store):
+    """Generation waits on routing: a routing chunk that keeps dying must not leave it waiting."""
+    from services.jobs.stages import ROUTE_TASK
+
+    settings = Settings(key_prefix=store.p, max_redeliveries=1, watchdog_interval_s=1)
+    leases = Leases(store)
+    prompts = [{"id": f"p{i}", "prompt": f"question {i}"} for i in range(3)]
+    job_id = store.create_job("synthesize", {"student_id": "s", "strategy": "persyn"}, prompts)
+    store.set_state(job_id, "running")
+    leases.record_plan(job_id, "route", [("r00000", ROUTE_TASK, [job_id, "r00000", ["p0", "p1", "p2"]], "training")])
+    leases.record_plan(job_id, "generate", [])
+    assert store.start_stages(job_id, [("route", 1), ("generate", 3)])
+    leases.count_redelivery(job_id, "route", "r00000")
+    assert leases.acquire(job_id, "route", "r00000", "dead-task", lease_s=0.05)
+    time.sleep(0.1)
+    assert sweep(store, settings)["given_up"] == 1
+    job = describe_job(store, job_id, settings)
+    assert job["state"] == "failed" and job["rows"] == 0
+    stages = {s["stage"]: s for s in job["stages"]}
+    assert stages["route"]["failed"] == 1 and stages["generate"]["failed"] == 3
+    assert job["failures"]["stage:route"]["items"] == 4 and "redeliveries" in job["error"]
