@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Sequence
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
-from services.core.settings import DEFAULT_ALPHA, DEFAULT_CALIBRATION_SIZE
+from services.core.settings import DEFAULT_ALPHA, DEFAULT_CALIBRATION_SIZE, DEFAULT_MAX_ERROR_RATE
 from services.jobs.stages import JOB_KINDS
 from services.jobs.store import JOB_STATES
 from services.method.export import FORMATS
@@ -151,6 +151,11 @@ class JobSpec(BaseModel):
     strong_teacher: str | None = None
     student_family: str | None = Field(None, max_length=64)
     max_tokens: int | None = Field(None, ge=1, le=32768)
+    max_error_rate: float = Field(
+        DEFAULT_MAX_ERROR_RATE, ge=0.0, le=1.0,
+        description="Error budget: once a stage has 20 finished items, a job whose failed share passes this "
+                    "stops early, `failed`, with a summary by teacher and kind of error; its rows stay "
+                    "downloadable.")
     router_mode: RouterMode = Field(
         "frozen", description="How a calibration trains the router: a frozen backbone + BT head (CPU-friendly), or "
                               "finetune: backbone and head together in fp32 master weights (the paper's router; "

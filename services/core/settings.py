@@ -15,6 +15,9 @@ CACHE_DIR = Path(os.environ.get("PERSYN_CACHE_DIR", Path.home() / ".cache" / "pe
 #: Default combination weight of learnability against quality (SPEC step 5).
 DEFAULT_ALPHA = 0.4
 
+#: Default error budget of a job: past this share of failed items (once enough have run) it stops.
+DEFAULT_MAX_ERROR_RATE = 0.5
+
 #: Default number of calibration prompts (SPEC step 1).
 DEFAULT_CALIBRATION_SIZE = 2500
 

@@ -20,6 +20,7 @@ hash item -> watchdog requeues;
 from __future__ import annotations
 
 import json
+import re
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -51,6 +52,22 @@ return 1
 """
 
 TRANSIENT_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def failure_kind(error: str) -> str:
+    """What kind of failure an item's error is, for the per-teacher summary: ``http_<status>``,
+    ``timeout``, ``connection``, ``not_verified`` (math rejection sampling found no answer that
+    verifies), ``lost`` (no worker finished it), or ``other``."""
+    status = re.search(r"HTTP (\d{3})", error)
+    if status:
+        return f"http_{status.group(1)}"
+    lowered = error.lower()
+    for kind, marks in (("timeout", ("timeout", "timed out")), ("lost", ("redeliveries",)),
+                        ("connection", ("connecterror", "connection", "endpointdown", "circuit")),
+                        ("not_verified", ("verif",))):
+        if any(mark in lowered for mark in marks):
+            return kind
+    return "other"
 
 
 class Leases:
@@ -172,18 +189,24 @@ class Leases:
         return int(self.r.hget(self._j(job_id, "redeliveries"), f"{stage}|{item}") or 0)
 
     def count_failure(self, job_id: str, who: str, error: str) -> None:
-        """A failed item of ``who`` (a teacher, or ``stage:NAME`` for items of no one teacher)."""
+        """A failed item of ``who`` (a teacher, or ``stage:NAME`` for items of no one teacher), counted
+        also by the kind of its error (:func:`failure_kind`)."""
         pipe = self.r.pipeline()
         pipe.hincrby(self._j(job_id, "failures"), f"{who}|items", 1)
+        pipe.hincrby(self._j(job_id, "failures"), f"{who}|kind:{failure_kind(error)}", 1)
         pipe.hsetnx(self._j(job_id, "failures"), f"{who}|error", error)
         pipe.execute()
 
     def failures(self, job_id: str) -> dict[str, dict]:
-        """``{who: {"items": n, "error": first reason}}``."""
+        """``{who: {"items": n, "error": first reason, "kinds": {kind: n}}}``."""
         out: dict[str, dict] = {}
         for field, value in self.r.hgetall(self._j(job_id, "failures")).items():
             who, name = field.rsplit("|", 1)
-            out.setdefault(who, {})[name] = int(value) if name == "items" else value
+            entry = out.setdefault(who, {"kinds": {}})
+            if name.startswith("kind:"):
+                entry["kinds"][name[5:]] = int(value)
+            else:
+                entry[name] = int(value) if name == "items" else value
         return out
 
     def stage_health(self, job_id: str, stage: str) -> dict[str, int]:

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from services.core.settings import DEFAULT_TENANT, Settings
+from services.core.settings import DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
 from services.jobs.leases import Leases
 from services.jobs.store import JobStore
 from services.method.formats import teacher_pool_cached
@@ -239,16 +239,39 @@ def failure_owner(stage: str, item: str) -> str:
     return f"stage:{stage}"
 
 
-def conclude(store: JobStore, job_id: str, *, error: str | None = None, settings: Settings | None = None) -> str:
+#: A job's error budget is judged once a stage has this many finished items.
+ERROR_BUDGET_MIN_ITEMS = 20
+
+
+def check_error_budget(store: JobStore, job_id: str, stage: str, settings: Settings) -> bool:
+    """Stop the job, ``failed`` with its failure summary, once the failed share of ``stage``'s
+    finished items passes the job's ``max_error_rate``; its queued tasks then do nothing and the rows
+    it has stay downloadable. True if this call stopped it."""
+    done, failed = (int(x or 0) for x in store.r.hmget(store._k("job", job_id, "stage", stage), "done", "failed"))
+    finished = done + failed
+    if finished < ERROR_BUDGET_MIN_ITEMS or not store.is_active(job_id):
+        return False
+    rate = store.job_record(job_id)["spec"].get("max_error_rate", DEFAULT_MAX_ERROR_RATE)
+    if failed <= rate * finished:
+        return False
+    conclude(store, job_id, settings=settings, stopped=(
+        f"stopped early: {failed} of {finished} {stage} items failed, more than the job's "
+        f"max_error_rate {rate:g}"))
+    return True
+
+
+def conclude(store: JobStore, job_id: str, *, error: str | None = None, settings: Settings | None = None,
+             stopped: str | None = None) -> str:
     """End the job in the state its output earns; returns the state.
 
     ``succeeded``: every prompt has its row (a calibrate job: its router was trained) and no
-    item failed; ``partial``: some output, with the reasons; ``failed``: no output. The
-    reasons name each teacher (or stage) whose items failed, with its first error.
+    item failed; ``partial``: some output, with the reasons; ``failed``: no output, or
+    ``stopped`` (the reason it was stopped early: its error budget). The reasons name each
+    teacher (or stage) whose items failed, with its first error and the count of each kind.
     """
     job = store.job_record(job_id)
     leases = Leases(store)
-    reasons = [error] if error else []
+    reasons = [r for r in (stopped, error) if r]
     if job["kind"] == "calibrate":
         produced = bool(job.get("router_version"))
     else:
@@ -258,10 +281,11 @@ def conclude(store: JobStore, job_id: str, *, error: str | None = None, settings
             reasons.append(f"{n - rows} of {n} prompts have no row")
     n_failed = sum(s["failed"] for s in store.stage_progress(job_id))
     if n_failed:
-        by_who = "; ".join(f"{who}: {f.get('items', 0)} ({f.get('error', 'failed')})"
-                           for who, f in sorted(leases.failures(job_id).items()))
+        by_who = "; ".join(
+            f"{who}: {f.get('items', 0)} ({', '.join(f'{k} {n}' for k, n in sorted(f['kinds'].items()))}; "
+            f"first: {f.get('error', 'failed')})" for who, f in sorted(leases.failures(job_id).items()))
         reasons.append(f"{n_failed} item(s) failed: {by_who}")
-    state = "succeeded" if not reasons else "partial" if produced else "failed"
+    state = "succeeded" if not reasons else "partial" if produced and not stopped else "failed"
     store.set_state(job_id, state, error="; ".join(reasons) if reasons else None)
     leases.forget_job(job_id)
     expire_finished(store, job_id, settings or Settings.from_env())

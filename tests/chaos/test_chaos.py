@@ -260,6 +260,20 @@ def test_teacher_down_for_the_whole_job_ends_partial_with_its_reason(chaos):
     _report("teacher-down", job_end=waited, failed_items=job["failures"]["down"]["items"])
 
 
+def test_a_teacher_that_fails_everything_stops_its_job_early_naming_it(chaos):
+    stack, server, store, client, fakes = chaos
+    prompts = _plain(40, seed=6)
+    job_id = _submit(client, "error-budget", prompts, ["down"], max_error_rate=0.2)
+    state, waited = _wait(store, job_id, timeout=80)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert state == "failed" and job["error"].startswith("stopped early:"), job
+    generate = next(s for s in job["stages"] if s["stage"] == "generate")
+    assert generate["done"] == 0 and generate["failed"] < 40  # stopped before every prompt was tried
+    assert job["failures"]["down"]["items"] == generate["failed"] and job["failures"]["down"]["kinds"]
+    assert "down:" in job["error"]
+    _report("error-budget", job_end=waited, failed_before_stop=generate["failed"])
+
+
 def test_teacher_with_30_percent_5xx_still_gives_every_row(chaos):
     stack, server, store, client, fakes = chaos
     prompts = _plain(12, seed=4)

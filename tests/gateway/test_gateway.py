@@ -180,7 +180,8 @@ def test_a_calibration_may_ask_for_the_papers_fine_tuned_router(client, enqueued
     assert reply.status_code == 202, reply.text
     assert reply.json()["spec"]["router_mode"] == "finetune"
     assert reply.json()["spec"]["router_backbone"] == "smollm2-135m-instruct"
-    for bad in ({"router_mode": "lora"}, {"router_backbone": "/etc"}, {"router_backbone": "../x"}):
+    for bad in ({"router_mode": "lora"}, {"router_backbone": "/etc"}, {"router_backbone": "../x"},
+                {"max_error_rate": -0.1}, {"max_error_rate": 1.5}):
         refused = client.post("/v1/jobs", json=_job(**job, **bad))
         assert refused.status_code == 422 and list(bad)[0] in refused.json()["detail"], refused.text
 
