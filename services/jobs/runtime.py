@@ -86,35 +86,16 @@ def leases() -> lease_lib.Leases:
 
 
 def finish_item(job_id: str, stage: str, item: str, *, ok: bool = True, error: str | None = None) -> None:
-    """Count the item (a failure also under its teacher); the task that completes its stage starts the next one."""
-    from services.jobs.stages import advance, check_error_budget, failure_owner
-
-    if not ok and not store().r.sismember(store()._k("job", job_id, "stage", stage, "items"), item):
-        leases().count_failure(job_id, failure_owner(stage, item), error or "failed")
-    if store().mark_item(job_id, stage, item, ok=ok, error=error):
-        advance(store(), job_id, stage, settings())
-    elif not ok:
-        check_error_budget(store(), job_id, stage, settings())
+    """Count one item (see :func:`services.jobs.stages.finish_items`)."""
+    finish_items(job_id, stage, [(item, ok, error)])
 
 
 def finish_items(job_id: str, stage: str, outcomes: list[tuple[str, bool, str | None]], *,
                  unit: str | None = None) -> None:
-    """:func:`finish_item` for many items (item, ok, error) in a few round trips; ``unit`` (a chunk's
-    id) is recorded as finished with them."""
-    from services.jobs.stages import advance, check_error_budget, failure_owner
+    """Count finished items with this worker's store and settings."""
+    from services.jobs.stages import finish_items as count
 
-    failed = [(item, error) for item, ok, error in outcomes if not ok]
-    if failed:  # counted before the items, so the job never ends without its failure reasons
-        items_key = store()._k("job", job_id, "stage", stage, "items")
-        seen = store().r.smismember(items_key, [item for item, _ in failed])
-        for (item, error), already in zip(failed, seen):
-            if not already:
-                leases().count_failure(job_id, failure_owner(stage, item), error or "failed")
-    completed, _ = store().mark_items(job_id, stage, outcomes, unit=unit)
-    if completed:
-        advance(store(), job_id, stage, settings())
-    elif failed:
-        check_error_budget(store(), job_id, stage, settings())
+    count(store(), settings(), job_id, stage, outcomes, unit=unit)
 
 
 def run_item(job_id: str, stage: str, item: str, body: Callable[[], str], *,

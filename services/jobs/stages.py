@@ -239,6 +239,26 @@ def failure_owner(stage: str, item: str) -> str:
     return f"stage:{stage}"
 
 
+def finish_items(store: JobStore, settings: Settings, job_id: str, stage: str,
+                 outcomes: list[tuple[str, bool, str | None]], *, unit: str | None = None) -> None:
+    """Count finished items (item, ok, error), each once, in a few round trips: failures also under
+    their owner and kind, before the items, so the job never ends without its reasons. The call that
+    completes the stage advances the job; one that counts failures checks the error budget.
+    ``unit`` (a chunk's id) is recorded as finished with them."""
+    failed = [(item, error) for item, ok, error in outcomes if not ok]
+    if failed:
+        leases = Leases(store)
+        seen = store.r.smismember(store._k("job", job_id, "stage", stage, "items"), [item for item, _ in failed])
+        for (item, error), already in zip(failed, seen):
+            if not already:
+                leases.count_failure(job_id, failure_owner(stage, item), error or "failed")
+    completed, _ = store.mark_items(job_id, stage, outcomes, unit=unit)
+    if completed:
+        advance(store, job_id, stage, settings)
+    elif failed:
+        check_error_budget(store, job_id, stage, settings)
+
+
 #: A job's error budget is judged once a stage has this many finished items.
 ERROR_BUDGET_MIN_ITEMS = 20
 

@@ -26,15 +26,6 @@ from services.core.settings import DEFAULT_TENANT
 JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "partial", "failed", "cancelled"})
 
-_MARK_ITEM = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return -1 end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
-local seen = tonumber(redis.call('HGET', KEYS[2], 'done') or '0') + tonumber(redis.call('HGET', KEYS[2], 'failed') or '0')
-if seen >= total and redis.call('HSETNX', KEYS[2], 'finished', ARGV[3]) == 1 then return 1 end
-return 0
-"""
-
 #: Count many items at once (ARGV: now, unit or "", then item, outcome pairs); returns
 #: {completed, new_1, ..., new_n}: whether this call completed the stage, and which items were new.
 #: A non-empty unit (a chunk task's id) joins the stage's set uncounted, so the watchdog sees it finished.
@@ -99,7 +90,6 @@ class JobStore:
     def __init__(self, client: redis.Redis, prefix: str = "persyn"):
         self.r = client
         self.p = prefix
-        self._mark_item = client.register_script(_MARK_ITEM)
         self._mark_items = client.register_script(_MARK_ITEMS)
         self._start_stages = client.register_script(_START_STAGES)
 
@@ -274,13 +264,7 @@ class JobStore:
 
     def mark_item(self, job_id: str, stage: str, item: str, *, ok: bool = True, error: str | None = None) -> bool:
         """Count one finished item once; True for the single call that completes the stage."""
-        result = self._mark_item(keys=[self._k("job", job_id, "stage", stage, "items"),
-                                       self._k("job", job_id, "stage", stage)],
-                                 args=[item, "done" if ok else "failed", _now()])
-        if not ok and result != -1:
-            self.r.rpush(self._k("job", job_id, "errors"),
-                         json.dumps({"stage": stage, "item": item, "error": error or "failed", "at": _now()}))
-        return result == 1
+        return self.mark_items(job_id, stage, [(item, ok, error)])[0]
 
     def mark_items(self, job_id: str, stage: str, outcomes: list[tuple[str, bool, str | None]], *,
                    unit: str | None = None) -> tuple[bool, list[bool]]:
@@ -347,10 +331,7 @@ class JobStore:
 
     def put_row(self, job_id: str, row: dict) -> bool:
         """The dataset row of one prompt; only the first write counts (one row per prompt)."""
-        if not self.r.hsetnx(self._k("job", job_id, "rows"), row["id"], json.dumps(row, ensure_ascii=False)):
-            return False
-        self.r.hincrby(self._k("job", job_id, "alloc"), row["teacher"], 1)
-        return True
+        return self.put_rows(job_id, [row]) == 1
 
     def put_rows(self, job_id: str, rows: list[dict]) -> int:
         """:meth:`put_row` for many rows in two round trips; returns how many were new."""

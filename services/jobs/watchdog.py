@@ -109,35 +109,21 @@ def _give_up(store: JobStore, leases: Leases, settings: Settings, job_id: str, s
              task: str, args: list) -> None:
     """Fail what is left of a unit no worker could finish (its items, a chunk's id with them); a
     routing chunk also fails the generation of its prompts that were never routed, so the job ends."""
-    from services.jobs.stages import ROUTE_TASK, routing_failure_items, unit_items
+    from services.jobs.stages import ROUTE_TASK, finish_items, routing_failure_items, unit_items
 
     reason = (f"no worker finished this item after {settings.max_redeliveries} redeliveries "
               f"(each lost its lease: worker died or lost Redis)")
     leases.count(job_id, stage, "given_up")
     leases.drop_in_flight(job_id, stage, [unit])
     items = unit_items(unit, task, args)
-    _fail(store, leases, settings, job_id, stage, items, reason, unit=unit if items != [unit] else None)
+    finish_items(store, settings, job_id, stage, [(item, False, reason) for item in items],
+                 unit=unit if items != [unit] else None)
     if task == ROUTE_TASK:
         assigned = store.results_for(job_id, "assign", args[2])
         unrouted = [pid for pid in args[2] if pid not in assigned]
-        _fail(store, leases, settings, job_id, "generate", routing_failure_items(unrouted), f"routing: {reason}")
-
-
-def _fail(store: JobStore, leases: Leases, settings: Settings, job_id: str, stage: str, items: list[str],
-          reason: str, unit: str | None = None) -> None:
-    """Count the items of ``items`` not yet counted as failed (each under its owner), advancing the
-    job if that completes the stage."""
-    from services.jobs.stages import advance, failure_owner
-
-    if not items:
-        return
-    seen = store.r.smismember(store._k("job", job_id, "stage", stage, "items"), items)
-    left = [item for item, counted in zip(items, seen) if not counted]
-    for item in left:
-        leases.count_failure(job_id, failure_owner(stage, item), reason)
-    completed, _ = store.mark_items(job_id, stage, [(item, False, reason) for item in left], unit=unit)
-    if completed:
-        advance(store, job_id, stage, settings)
+        if unrouted:
+            finish_items(store, settings, job_id, "generate",
+                         [(item, False, f"routing: {reason}") for item in routing_failure_items(unrouted)])
 
 
 def run_forever(settings: Settings, stop: threading.Event) -> None:
