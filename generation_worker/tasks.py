@@ -67,13 +67,16 @@ def _generate(task, job_id: str, stage: str, unit: str, pairs: list[tuple[str, s
     retry: list[tuple[str, str]] = []
     if todo:
         store.count_attempts(job_id, [key for _, _, key in todo])
-        fresh, retry = _ask(task, spec, prompts, pool, todo, failed)
+        fresh, retry = _ask(task, job_id, spec, prompts, pool, todo, failed)
         written = store.put_results(job_id, "gen", fresh)
         for teacher in {t for _, t, _ in todo}:
             mine = [fresh[k] for _, t, k in todo if t == teacher and written.get(k)]
             if mine:
-                store.add_usage(job_id, teacher, requests=sum(a["n_samples"] for a in mine),
-                                completion_tokens=sum(a["completion_tokens"] for a in mine))
+                store.add_usage(job_id, teacher,
+                                requests=sum(a["n_samples"] - a["n_from_store"] for a in mine),
+                                completion_tokens=sum(a["completion_tokens"] - a["completion_tokens_from_store"]
+                                                      for a in mine),
+                                from_store=sum(a["n_from_store"] for a in mine))
         answers = store.results_for(job_id, "gen", keys)
         if not store.is_active(job_id):  # cancelled while the teachers were answering
             return "skipped: job ended"
@@ -91,15 +94,19 @@ def _generate(task, job_id: str, stage: str, unit: str, pairs: list[tuple[str, s
     return "done" if not failed else f"done, {len(failed)} failed"
 
 
-def _ask(task, spec: dict, prompts: dict, pool: dict, todo: list[tuple[str, str, str]],
+def _ask(task, job_id: str, spec: dict, prompts: dict, pool: dict, todo: list[tuple[str, str, str]],
          failed: dict[str, str]) -> tuple[dict[str, dict], list[tuple[str, str]]]:
     """Ask every (prompt, teacher) of ``todo`` concurrently; returns the answers by key and the
-    pairs to retry (transient errors while retries are left). Other errors land in ``failed``."""
+    pairs to retry (transient errors while retries are left). Other errors land in ``failed``.
+    Requests the generation store has answered before are read from it, not sent."""
+    generations = rt.generations(job_id, spec)
+
     def one(item):
         p, t, _ = item
         teacher = pool[t]
         return answer(teacher, p, prompts[p]["prompt"], prompts[p].get("reference"), seed=spec.get("seed", 0),
-                      client=rt.client(teacher.base_url, teacher.model), max_tokens=spec.get("max_tokens"))
+                      client=rt.client(teacher.base_url, teacher.model), max_tokens=spec.get("max_tokens"),
+                      generations=generations)
 
     fresh: dict[str, dict] = {}
     retry: list[tuple[str, str]] = []

@@ -164,6 +164,10 @@ class JobSpec(BaseModel):
         None, pattern=MODEL_PATTERN, examples=["all-minilm-l6-v2", "smollm2-135m-instruct", "Qwen/Qwen2.5-0.5B"],
         description="The router's backbone (an encoder is mean-pooled, a decoder pooled at its last token); "
                     "the service default (PERSYN_ROUTER_BACKBONE) when absent.")
+    cache: bool = Field(
+        True, description="Read teacher answers from the generation store: a request (same endpoint, model, "
+                          "messages and decoding) answered before, by any job, is not sent again. false: fresh "
+                          "answers (the job still reuses its own, e.g. after a crash); every answer is stored.")
     seed: int = 0
 
 
@@ -211,6 +215,12 @@ class JobDescription(BaseModel):
     n_calibration: int | None = None
     router_version: str | None = None
     router_gate: dict | None = Field(None, description="the router publish gate: activated, reason, checks")
+    resumes: int = Field(0, description="times the job was resumed")
+    resumed_prompts: int = Field(0, description="prompts (calibration prompts for a calibrate job) the resumes ran "
+                                                "again; the rest kept their rows")
+    generations: dict[str, int] = Field(
+        default_factory=dict, description="requested: teacher requests this job sent (paid now); from_store: "
+                                          "samples the generation store answered instead (paid before)")
     failures: dict[str, dict] = Field(default_factory=dict, description="failed items per teacher (or "
                                       "stage:NAME): items, first error")
     error: str | None = None

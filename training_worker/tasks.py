@@ -117,8 +117,9 @@ def _train(job_id: str) -> str:
     store, settings = rt.store(), rt.settings()
     if not store.is_active(job_id):
         return "skipped: job ended"
-    spec = store.job_record(job_id)["spec"]
-    student_id, version = spec["student_id"], f"job-{job_id}"
+    job = store.job_record(job_id)
+    spec = job["spec"]
+    student_id, version = spec["student_id"], f"job-{job_id}" + (f"-r{job['run']}" if job.get("run") else "")
     known = {v["version"] for v in store.get_student(student_id)["versions"]}
     if version not in known:  # a redelivered task finds the version published and skips training
         teachers = [t.name for t in job_teachers(store, settings, job_id)]

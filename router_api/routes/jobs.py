@@ -129,6 +129,19 @@ def get_job(job_id: OwnedJobId, settings: SettingsDep, store: StoreDep) -> dict:
     return jobs.describe_job(store, job_id, settings)
 
 
+@router.post("/{job_id}/resume", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED,
+             summary="Resume a partial, failed or cancelled job",
+             responses=error_responses(401, 404, 409, 422, 503, e404="unknown job",
+                                       e409="the job is not partial, failed or cancelled"))
+def resume_job(job_id: OwnedJobId, store: StoreDep, settings: SettingsDep) -> dict:
+    """Runs again only the prompts without a row, keeping every row the job has; answers the job (or
+    any job) already obtained come from the generation store, so no teacher is asked twice."""
+    try:
+        return jobs.resume_job(store, job_id, settings)
+    except jobs.NotResumable as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
 @router.delete("/{job_id}", response_model=JobDescription, summary="Cancel a job", responses=_JOB_ERRORS)
 def cancel_job(job_id: OwnedJobId, store: StoreDep, settings: SettingsDep) -> dict:
     """Work already done is kept (its rows stay downloadable); a finished job is left as it is."""

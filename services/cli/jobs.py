@@ -135,6 +135,25 @@ def cmd_show(args) -> None:
         print(json.dumps(_get_job(client, args.job_id), indent=1))
 
 
+def cmd_resume(args) -> None:
+    import httpx
+
+    with _client(args) as client:
+        try:
+            response = client.post(f"/v1/jobs/{args.job_id}/resume")
+        except httpx.HTTPError as exc:
+            raise CLIError(f"cannot reach the gateway at {client.base_url}: {exc}") from None
+        if response.status_code != 202:
+            raise CLIError(f"resume {args.job_id}: {response.status_code} {_detail(response)}")
+        job = response.json()
+        print(f"job {job['id']} resumed (resume {job['resumes']}): {job['resumed_prompts']} prompts run again, "
+              f"{job['rows']} rows kept", flush=True)
+        if args.watch:
+            job = watch_job(client, args.job_id, interval_s=args.interval, view=ProgressView())
+            print(f"job {job['id']} ended {job['state']}: {job['rows']} rows; "
+                  f"{job['generations'].get('from_store', 0)} answers from the generation store", flush=True)
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -146,14 +165,18 @@ def register(sub) -> None:
     jobs = sub.add_parser("jobs", help="follow or show a job of a running service")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     for name, func, doc in (("watch", cmd_watch, "progress bars (or throttled lines) until the job ends"),
-                            ("show", cmd_show, "the job's description as JSON")):
+                            ("show", cmd_show, "the job's description as JSON"),
+                            ("resume", cmd_resume, "run again only what a partial, failed or cancelled job lacks")):
         p = jobs_sub.add_parser(name, help=doc)
         p.add_argument("job_id")
         p.add_argument("--url", default=os.environ.get("PERSYN_URL", "http://127.0.0.1:8000"),
                        help="the gateway (default $PERSYN_URL or http://127.0.0.1:8000)")
         p.add_argument("--api-key", default=None, help="API key (default $PERSYN_API_KEY)")
-        if name == "watch":
+        if name == "resume":
+            p.add_argument("--watch", action="store_true", help="then follow it until it ends")
+        if name in ("watch", "resume"):
             p.add_argument("--interval", type=_positive, default=1.0, help="seconds between polls")
+        if name == "watch":
             p.add_argument("--log-every", type=_positive, default=30.0,
                            help="seconds between progress lines when stdout is not a terminal")
         p.set_defaults(func=func)

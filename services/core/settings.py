@@ -136,11 +136,23 @@ class Settings:
     route_chunk_prompts: int = 2048  # prompts per routing task; generation starts as each chunk is routed
     job_working_ttl_s: int = 3600  # after a job ends, its working state (plans, leases, answers) expires
     job_retention_s: int = 7 * 86400  # ... and its record and dataset after this long
+    generation_store: str | None = None  # sqlite:///PATH or postgresql://...; None: SQLite in data_dir
+    generation_store_max_mb: int = 4096  # the store's size bound (least recently used answers go first)
+    generation_store_max_age_s: int = 30 * 86400  # ... and its age bound
+
+    @property
+    def generation_store_url(self) -> str:
+        """Where every teacher answer is kept (:mod:`services.core.generations`)."""
+        return self.generation_store or f"sqlite:///{self.data_dir / 'generations.sqlite'}"
 
     def __post_init__(self):
-        for name in ("chunk_items", "min_chunks", "chunk_parallel", "route_chunk_prompts", "job_working_ttl_s", "job_retention_s"):
+        for name in ("chunk_items", "min_chunks", "chunk_parallel", "route_chunk_prompts", "job_working_ttl_s",
+                     "job_retention_s", "generation_store_max_mb", "generation_store_max_age_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_VARS[name]} must be at least 1, got {getattr(self, name)}")
+        if self.generation_store and not self.generation_store.startswith(
+                ("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("PERSYN_GENERATION_STORE must be sqlite:///PATH or postgresql://...")
         if self.job_retention_s < self.job_working_ttl_s:
             raise ValueError("PERSYN_JOB_RETENTION_S must not be shorter than PERSYN_JOB_WORKING_TTL_S")
 
@@ -192,6 +204,9 @@ ENV_VARS = {
     "route_chunk_prompts": "PERSYN_ROUTE_CHUNK_PROMPTS",
     "job_working_ttl_s": "PERSYN_JOB_WORKING_TTL_S",
     "job_retention_s": "PERSYN_JOB_RETENTION_S",
+    "generation_store": "PERSYN_GENERATION_STORE",
+    "generation_store_max_mb": "PERSYN_GENERATION_STORE_MAX_MB",
+    "generation_store_max_age_s": "PERSYN_GENERATION_STORE_MAX_AGE_S",
     "router_min_prompts": "PERSYN_ROUTER_MIN_PROMPTS",
     "router_min_pairs": "PERSYN_ROUTER_MIN_PAIRS",
 }

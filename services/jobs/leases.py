@@ -97,6 +97,10 @@ class Leases:
         pipe.sadd(self.store._k("jobs", "active"), job_id)
         pipe.execute()
 
+    def planned(self, job_id: str, stage: str, item: str) -> bool:
+        """Whether ``item`` is in the stage's current plan (every task is planned before it is sent)."""
+        return bool(self.r.hexists(self._j(job_id, "plan", stage), item))
+
     def plan_queues(self, job_id: str, stage: str) -> set[str]:
         return set(self.r.smembers(self._j(job_id, "plan", stage, "queues")))
 

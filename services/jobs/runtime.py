@@ -14,6 +14,7 @@ from typing import Callable
 
 from services.clients.openai_compat import OpenAICompatClient
 from services.core.cache import ScoreCache
+from services.core.generations import GenerationStore, JobGenerations
 from services.core.settings import Settings
 from services.jobs import leases as lease_lib
 from services.jobs.store import JobStore
@@ -36,6 +37,18 @@ def store() -> JobStore:
 def score_cache() -> ScoreCache:
     s = settings()
     return ScoreCache(s.data_dir / "scores.sqlite")
+
+
+@lru_cache(maxsize=1)
+def generation_store() -> GenerationStore:
+    s = settings()
+    return GenerationStore(s.generation_store_url, max_bytes=s.generation_store_max_mb << 20,
+                           max_age_s=s.generation_store_max_age_s)
+
+
+def generations(job_id: str, spec: dict) -> JobGenerations:
+    """The generation store as job ``job_id`` sees it (``cache: false``: only its own answers)."""
+    return JobGenerations(generation_store(), job_id, reuse=spec.get("cache", True))
 
 
 def teachers() -> dict[str, Teacher]:
@@ -118,6 +131,8 @@ def run_item(job_id: str, stage: str, item: str, body: Callable[[], str], *,
     delay, retried = 0.2, 0
     while True:
         try:
+            if not leases().planned(job_id, stage, item):
+                return "skipped: not in the job's current plan (a task of an earlier run)"
             with lease_lib.hold(leases(), job_id, stage, item, token, s.lease_s, Retry) as held:
                 outcome = body() if held else "skipped: another worker holds the item"
             if retried:

@@ -28,7 +28,7 @@ import numpy as np
 
 from services.core.settings import DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
 from services.jobs.leases import Leases
-from services.jobs.store import JobStore
+from services.jobs.store import RESUMABLE, JobStore
 from services.method.formats import teacher_pool_cached
 
 JOB_KINDS = ("calibrate", "synthesize", "persyn")
@@ -64,6 +64,13 @@ def generation_units(job_id: str, stage: str, pairs: list[tuple[str, str]], size
     return [(f"{tag}{i // size:05d}", GENERATE_TASK, [job_id, stage, f"{tag}{i // size:05d}",
                                                       [list(x) for x in pairs[i:i + size]]], "generation")
             for i in range(0, len(pairs), size)]
+
+
+def run_tag(job: dict) -> str:
+    """Prefix of the unit ids a run of the job plans: none for its first run, ``R{n}`` for its n-th
+    resume, so a task left queued from an earlier run is not in the current plan and does nothing."""
+    run = int(job.get("run") or 0)
+    return f"R{run}" if run else ""
 
 
 def chunk_size(n_items: int, settings: Settings) -> int:
@@ -163,12 +170,13 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
     calibration = spec.get("calibration", [])
     if completed is None:
         store.set_state(job_id, "running")
-        if calibration:
+        # a resumed persyn job whose calibration trained its router goes on with the synthesis
+        if calibration and not (kind == "persyn" and job.get("router_version")):
             teachers = [t.name for t in job_teachers(store, settings, job_id)]
             pairs = [(pid, t) for pid in calibration for t in teachers]
             _start(store, settings, job_id, "calibration.generate",
-                   generation_units(job_id, "calibration.generate", pairs, chunk_size(len(pairs), settings), "c"),
-                   total=len(pairs))
+                   generation_units(job_id, "calibration.generate", pairs, chunk_size(len(pairs), settings),
+                                    f"{run_tag(job)}c"), total=len(pairs))
         else:
             _start_synthesis(store, settings, job_id, strategy)
     elif completed == "calibration.generate":
@@ -192,15 +200,17 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
 
 def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy: str) -> None:
     prompt_ids = store.unserved_prompt_ids(job_id)
+    tag = run_tag(store.job_record(job_id))
     if strategy in GENERATE_THEN_SELECT:
         teachers = [t.name for t in job_teachers(store, settings, job_id)]
         pairs = [(pid, t) for pid in prompt_ids for t in teachers]
         _start(store, settings, job_id, "generate",
-               generation_units(job_id, "generate", pairs, chunk_size(len(pairs), settings), "g"), total=len(pairs))
+               generation_units(job_id, "generate", pairs, chunk_size(len(pairs), settings), f"{tag}g"),
+               total=len(pairs))
         return
     size = settings.route_chunk_prompts
-    units = [(f"r{i // size:05d}", ROUTE_TASK, [job_id, f"r{i // size:05d}", prompt_ids[i:i + size]], "training")
-             for i in range(0, len(prompt_ids), size)]
+    units = [(f"{tag}r{i // size:05d}", ROUTE_TASK, [job_id, f"{tag}r{i // size:05d}", prompt_ids[i:i + size]],
+              "training") for i in range(0, len(prompt_ids), size)]
     leases = Leases(store)
     leases.record_plan(job_id, "route", units)
     leases.record_plan(job_id, "generate", [])
@@ -312,20 +322,30 @@ def conclude(store: JobStore, job_id: str, *, error: str | None = None, settings
     return state
 
 
+def _job_keys(store: JobStore, job_id: str) -> dict[str, list[str]]:
+    """The job's Redis keys by what they hold: ``answers`` (answers, scores, routes: kept while they may
+    serve a resume), ``run`` (plans and leases of the current run), ``progress`` (the run's stages,
+    errors and failures, shown with the job) and ``record`` (the record, prompts and dataset)."""
+    def j(*parts: str) -> str:
+        return store._k("job", job_id, *parts)
+
+    keys = {"answers": [j("results", kind) for kind in ("gen", "score", "assign")] + [j("attempts")],
+            "run": [j("redeliveries")], "progress": [j("stages"), j("errors"), j("failures")],
+            "record": [j()] + [j(part) for part in ("prompts", "order", "rows", "alloc", "usage")]}
+    for stage in store.r.lrange(j("stages"), 0, -1):
+        keys["run"] += [j("stage", stage, "items"), j("plan", stage, "queues")]
+        keys["run"] += [j(part, stage) for part in ("plan", "inflight", "retrying", "suspects")]
+        keys["progress"] += [j("stage", stage), j("health", stage)]
+    return keys
+
+
 def expire_finished(store: JobStore, job_id: str, settings: Settings) -> None:
     """A job that ended keeps its working state (answers, scores, plans, leases) for
     ``job_working_ttl_s`` and its record, progress and dataset for ``job_retention_s``; then
     nothing of it is left in Redis."""
-    stages = store.r.lrange(store._k("job", job_id, "stages"), 0, -1)
-    working = [store._k("job", job_id, "results", kind) for kind in ("gen", "score", "assign")]
-    working += [store._k("job", job_id, "attempts"), store._k("job", job_id, "redeliveries")]
-    retained = [store._k("job", job_id)] + [store._k("job", job_id, part) for part in (
-        "prompts", "order", "stages", "errors", "rows", "alloc", "usage", "failures")]
-    for stage in stages:
-        working += [store._k("job", job_id, "stage", stage, "items")]
-        working += [store._k("job", job_id, part, stage) for part in ("plan", "inflight", "retrying", "suspects")]
-        working += [store._k("job", job_id, "plan", stage, "queues")]
-        retained += [store._k("job", job_id, "stage", stage), store._k("job", job_id, "health", stage)]
+    keys = _job_keys(store, job_id)
+    working = keys["answers"] + keys["run"]
+    retained = keys["record"] + keys["progress"]
     pipe = store.r.pipeline(transaction=False)
     for key in working:
         pipe.expire(key, settings.job_working_ttl_s)
@@ -358,6 +378,9 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),
         "router_version": job.get("router_version") or None,
+        "resumes": int(job.get("run") or 0), "resumed_prompts": int(job.get("resumed_prompts") or 0),
+        "generations": {"requested": sum(u.get("requests", 0) for u in usage.values()),
+                        "from_store": sum(u.get("from_store", 0) for u in usage.values())},
         "router_gate": json.loads(job["router_gate"]) if job.get("router_gate") else None,
         "error": job.get("error") or None,
         "created": job["created"], "updated": job["updated"],
@@ -371,6 +394,46 @@ def cancel_job(store: JobStore, job_id: str, settings: Settings | None = None) -
     if store.set_state(job_id, "cancelled"):
         Leases(store).forget_job(job_id)
         expire_finished(store, job_id, settings or Settings.from_env())
+    return describe_job(store, job_id, settings)
+
+
+class NotResumable(ValueError):
+    """Only a job that ended without all its output (partial, failed, cancelled) can be resumed."""
+
+
+def resume_job(store: JobStore, job_id: str, settings: Settings | None = None) -> dict:
+    """Run again only what an ended job lacks, keeping every row it has.
+
+    The job reopens in one step (a second resume at the same time gets NotResumable); the state of
+    its last run (stages, plans, failures, errors) is dropped, and its answers, scores and routes
+    are kept, without their expiry. Its stages then open as for a new job, over the prompts
+    without a row only; generations come from the job's own answers or the generation store, so
+    no teacher is asked again for what it already answered. Scores are recomputed (from the score
+    cache), because a prompt's set of answers may have grown.
+    """
+    settings = settings or Settings.from_env()
+    state = store.state(job_id)  # NotFound for an unknown job
+    if state not in RESUMABLE:
+        raise NotResumable(f"job {job_id} is {state}: only a {', '.join(RESUMABLE[:-1])} or "
+                           f"{RESUMABLE[-1]} job can be resumed")
+    keys = _job_keys(store, job_id)
+    run = store.reopen(job_id)
+    if isinstance(run, str):
+        raise NotResumable(f"job {job_id} is {run}: only a {', '.join(RESUMABLE[:-1])} or "
+                           f"{RESUMABLE[-1]} job can be resumed")
+    job = store.job_record(job_id)
+    if job["kind"] == "calibrate":
+        missing = len(job["spec"].get("calibration", [])) - len(store.results_for(
+            job_id, "score", job["spec"].get("calibration", [])))
+    else:
+        missing = store.prompt_count(job_id) - store.row_count(job_id)
+    pipe = store.r.pipeline(transaction=False)
+    pipe.delete(*keys["run"], *keys["progress"], store._k("job", job_id, "results", "score"))
+    for key in keys["answers"] + keys["record"]:
+        pipe.persist(key)
+    pipe.hincrby(store._k("job", job_id), "resumed_prompts", missing)
+    pipe.execute()
+    advance(store, job_id, None, settings)
     return describe_job(store, job_id, settings)
 
 

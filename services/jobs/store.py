@@ -25,6 +25,8 @@ from services.core.settings import DEFAULT_TENANT
 
 JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "partial", "failed", "cancelled"})
+#: The ended states a job can be resumed from (it lacks output).
+RESUMABLE = ("partial", "failed", "cancelled")
 
 #: Count many items at once (ARGV: now, unit or "", then item, outcome pairs); returns
 #: {completed, new_1, ..., new_n}: whether this call completed the stage, and which items were new.
@@ -71,6 +73,23 @@ for i = 3, #KEYS do
 end
 redis.call('HSET', KEYS[1], 'stage', ARGV[#ARGV - 1], 'updated', ARGV[1])
 return 1
+"""
+
+
+#: Reopen an ended job for a resume, if its state allows. KEYS: job hash; ARGV: now, then the resumable
+#: states. Returns the run number the resume starts (1, 2, ...), or the job's state when it cannot.
+_REOPEN = """
+local state = redis.call('HGET', KEYS[1], 'state')
+for i = 2, #ARGV do
+  if state == ARGV[i] then
+    local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
+    redis.call('HSET', KEYS[1], 'state', 'queued', 'stage', '', 'error', '', 'updated', ARGV[1],
+               'resumed_from', state)
+    redis.call('HDEL', KEYS[1], 'finished')
+    return run
+  end
+end
+return state or ''
 """
 
 
@@ -230,6 +249,15 @@ class JobStore:
         self.update_job(job_id, **fields)
         return True
 
+    def reopen(self, job_id: str) -> int | str:
+        """Move a ``partial``, ``failed`` or ``cancelled`` job back to ``queued`` for a resume, in one
+        step; returns the number of the run that starts (1 for the first resume), or the job's state
+        (a str) when it is not resumable. NotFound for an unknown job."""
+        outcome = self.r.register_script(_REOPEN)(keys=[self._k("job", job_id)], args=[_now(), *RESUMABLE])
+        if outcome == "":
+            raise NotFound(f"unknown job {job_id!r}")
+        return outcome if isinstance(outcome, str) else int(outcome)
+
     def state(self, job_id: str) -> str:
         state = self.r.hget(self._k("job", job_id), "state")
         if state is None:
@@ -376,11 +404,15 @@ class JobStore:
     def allocation(self, job_id: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(self._k("job", job_id, "alloc")).items()}
 
-    def add_usage(self, job_id: str, teacher: str, *, requests: int, completion_tokens: int) -> None:
+    def add_usage(self, job_id: str, teacher: str, *, requests: int, completion_tokens: int,
+                  from_store: int = 0) -> None:
+        """What a teacher was asked (requests, completion tokens: paid for now) and how many of the
+        job's samples the generation store answered instead (``from_store``: paid for before)."""
         key = self._k("job", job_id, "usage")
         pipe = self.r.pipeline()
         pipe.hincrby(key, f"{teacher}|requests", requests)
         pipe.hincrby(key, f"{teacher}|completion_tokens", completion_tokens)
+        pipe.hincrby(key, f"{teacher}|from_store", from_store)
         pipe.execute()
 
     def usage(self, job_id: str) -> dict[str, dict[str, int]]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import random
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Protocol, Sequence
 
 from services.clients.openai_compat import ChatResult, OpenAICompatClient
+from services.core.generations import generation_key
 from services.method.formats import Teacher
 from services.scoring.quality import math_verify_reward
 
@@ -34,7 +35,9 @@ class GeneratedAnswer:
 
     ``verified`` is True iff a sample passed math-verify (so ``n_correct > 0``); for jobs
     without a reference ``checked`` is False, ``n_correct`` 0 and ``verified`` False.
-    ``completion_tokens`` sums over all samples drawn (what the job cost).
+    ``completion_tokens`` sums over all samples drawn (what the answer cost when it was made);
+    ``n_from_store`` of the samples and ``completion_tokens_from_store`` of the tokens came from the
+    generation store (paid for before, not now).
     """
 
     text: str
@@ -44,6 +47,25 @@ class GeneratedAnswer:
     checked: bool = True
     completion_tokens: int = 0
     finish_reason: str | None = None
+    n_from_store: int = 0
+    completion_tokens_from_store: int = 0
+
+
+class Generations(Protocol):
+    """Where answers are looked up before a teacher is asked, and kept after
+    (:class:`services.core.generations.JobGenerations`)."""
+
+    def get(self, key: str) -> dict | None: ...
+
+    def put(self, key: str, value: dict) -> None: ...
+
+
+@dataclass
+class Sample:
+    """One chat completion, and whether it came from the generation store."""
+
+    result: ChatResult
+    from_store: bool = False
 
 
 def build_messages(teacher: Teacher, prompt: str) -> list[dict]:
@@ -83,24 +105,43 @@ def generate(teacher: Teacher, prompt: str, *, n: int = 1, seed: int | None = No
 
     Sampling = the teacher's defaults, updated by ``sampling``; sample i uses seed
     ``seed + i`` (or the server's own random seed when ``seed`` is None and the
-    teacher's sampling sets none).
+    teacher's sampling sets none). A temperature of 0 sends no seed: greedy decoding has none.
     """
+    return [s.result for s in generate_samples(teacher, prompt, n=n, seed=seed, client=client, sampling=sampling)]
+
+
+def generate_samples(teacher: Teacher, prompt: str, *, n: int = 1, seed: int | None = None,
+                     client: OpenAICompatClient | None = None, sampling: dict | None = None,
+                     generations: Generations | None = None) -> list[Sample]:
+    """:func:`generate`, reading each request's answer from ``generations`` when it is there and
+    keeping every new one in it as soon as it arrives (so a crash right after loses none)."""
     if n < 1:
         raise ValueError("n must be >= 1")
     params: dict[str, Any] = {**(teacher.sampling or {}), **(sampling or {})}
     params.pop("n", None)
     base_seed = seed if seed is not None else params.pop("seed", None)
+    if params.get("temperature") == 0:
+        params.pop("seed", None)
+        base_seed = None
     messages = build_messages(teacher, prompt)
     own = client is None
     client = client or client_for(teacher)
     try:
-        results = []
+        samples = []
         for i in range(n):
             call = dict(params)
             if base_seed is not None:
                 call["seed"] = int(base_seed) + i
-            results.append(client.chat(messages, **call))
-        return results
+            key = generation_key(client.base_url, client.model, messages, call) if generations is not None else None
+            stored = generations.get(key) if generations is not None else None
+            if stored is not None:
+                samples.append(Sample(ChatResult(**stored), from_store=True))
+                continue
+            result = client.chat(messages, **call)
+            if generations is not None:
+                generations.put(key, asdict(result))
+            samples.append(Sample(result))
+        return samples
     finally:
         if own:
             client.close()
@@ -119,7 +160,8 @@ def _decoding(temperature: float, max_tokens: int | None) -> dict:
 
 
 def generate_math(teacher: Teacher, prompt: str, reference: str, *, rng: random.Random,
-                  client: OpenAICompatClient | None = None, max_tokens: int | None = None) -> GeneratedAnswer:
+                  client: OpenAICompatClient | None = None, max_tokens: int | None = None,
+                  generations: Generations | None = None) -> GeneratedAnswer:
     """Sample k answers at temperature 0.6; keep one math-verify accepts, else a random one.
 
     Seeds and the final pick come from ``rng``, so a seeded rng reproduces the job
@@ -127,8 +169,9 @@ def generate_math(teacher: Teacher, prompt: str, reference: str, *, rng: random.
     """
     k = math_samples_for(teacher)
     seed = rng.randrange(2**31 - k)
-    samples = generate(teacher, prompt, n=k, seed=seed, client=client,
-                       sampling=_decoding(MATH_TEMPERATURE, max_tokens))
+    drawn = generate_samples(teacher, prompt, n=k, seed=seed, client=client,
+                             sampling=_decoding(MATH_TEMPERATURE, max_tokens), generations=generations)
+    samples = [s.result for s in drawn]
     rewards = [math_verify_reward(s.text, reference) for s in samples]
     correct = [i for i, r in enumerate(rewards) if r > 0]
     pick = rng.choice(correct) if correct else rng.randrange(len(samples))
@@ -136,29 +179,38 @@ def generate_math(teacher: Teacher, prompt: str, reference: str, *, rng: random.
         text=samples[pick].text, n_samples=len(samples), n_correct=len(correct),
         verified=bool(correct), checked=True,
         completion_tokens=sum(s.completion_tokens for s in samples),
-        finish_reason=samples[pick].finish_reason,
+        finish_reason=samples[pick].finish_reason, **_from_store(drawn),
     )
+
+
+def _from_store(drawn: list[Sample]) -> dict:
+    stored = [s.result for s in drawn if s.from_store]
+    return {"n_from_store": len(stored), "completion_tokens_from_store": sum(r.completion_tokens for r in stored)}
 
 
 Job = tuple  # (teacher, prompt_id, prompt, reference | None)
 
 
 def answer(teacher: Teacher, prompt_id: str, prompt: str, reference: str | None, *, seed: int = 0,
-           client: OpenAICompatClient | None = None, max_tokens: int | None = None) -> GeneratedAnswer:
+           client: OpenAICompatClient | None = None, max_tokens: int | None = None,
+           generations: Generations | None = None) -> GeneratedAnswer:
     """One (prompt, teacher) job: math rejection sampling with a reference, else one greedy answer.
 
     Seeds come from ``(seed, prompt_id, teacher.name)``, so a retried or redelivered
     job asks the teacher the same thing. ``max_tokens`` (the job's) replaces the
-    teacher's own limit; None keeps it.
+    teacher's own limit; None keeps it. With ``generations``, every request already answered
+    (same endpoint, model, messages and decoding) is read from there, not asked again.
     """
     rng = random.Random(f"{seed}:{prompt_id}:{teacher.name}")
     if reference is not None:
-        return generate_math(teacher, prompt, str(reference), rng=rng, client=client, max_tokens=max_tokens)
-    [res] = generate(teacher, prompt, n=1, seed=rng.randrange(2**31), client=client,
-                     sampling=_decoding(GREEDY_TEMPERATURE, max_tokens))
+        return generate_math(teacher, prompt, str(reference), rng=rng, client=client, max_tokens=max_tokens,
+                             generations=generations)
+    drawn = generate_samples(teacher, prompt, n=1, client=client, generations=generations,
+                             sampling=_decoding(GREEDY_TEMPERATURE, max_tokens))
+    res = drawn[0].result
     return GeneratedAnswer(text=res.text, n_samples=1, n_correct=0, verified=False,
                            checked=False, completion_tokens=res.completion_tokens,
-                           finish_reason=res.finish_reason)
+                           finish_reason=res.finish_reason, **_from_store(drawn))
 
 
 def generate_many(jobs: Iterable[Sequence], *, max_workers: int = 4, progress: bool = True,

@@ -1,0 +1,167 @@
+"""The generation store: every teacher answer the service obtained, kept so none is paid for twice.
+
+An entry is one chat completion, content-addressed (:func:`generation_key`): the key hashes the
+teacher as served (endpoint and model), the exact messages and every decoding parameter sent,
+the seed included, so k seeded samples stay k distinct answers. The job that made an entry is
+kept with it: a job that asks for fresh answers (``cache: false``) still reads back its own, so a
+redelivered chunk of that job pays nothing twice either.
+
+It lives outside Redis, so it survives a Redis flush and the restart of every process:
+``sqlite:///PATH`` (one host: the embedded stack, docker-compose; WAL lets the workers of the host
+share the file) or ``postgresql://...`` (a cluster, whose worker pods share no disk). It is bounded
+by a size (the least recently used entries go first) and an age.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+#: Writes between two checks of the store's bounds (each check sums the stored sizes).
+EVICT_EVERY = 1000
+#: A check that finds the store too big evicts down to this share of its bound.
+EVICT_TO = 0.9
+
+
+def generation_key(base_url: str, model: str, messages: Sequence[dict], params: dict[str, Any]) -> str:
+    """What one chat completion depends on, hashed: endpoint, served model, messages, decoding
+    parameters (``None`` values are not sent, so they are not part of the key)."""
+    sent = {k: v for k, v in params.items() if v is not None}
+    text = json.dumps({"base_url": base_url.rstrip("/"), "model": model, "messages": list(messages),
+                       "params": sent}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class GenerationStore:
+    """Key -> answer (a JSON object), shared by every worker; thread-safe within a process."""
+
+    def __init__(self, url: str, *, max_bytes: int, max_age_s: float):
+        self.url = url
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._writes = 0
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing
+            self._mark = "?"
+            self._upsert = "INSERT OR REPLACE INTO generations (k, v, job, size, created, used) VALUES (?, ?, ?, ?, ?, ?)"
+        elif url.startswith(("postgresql://", "postgres://")):
+            import psycopg
+
+            self._db = psycopg.connect(url, autocommit=True)
+            self._mark = "%s"
+            self._upsert = ("INSERT INTO generations (k, v, job, size, created, used) VALUES (%s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, job = EXCLUDED.job, size = EXCLUDED.size, "
+                            "created = EXCLUDED.created, used = EXCLUDED.used")
+        else:
+            raise ValueError(f"generation store must be sqlite:///PATH or postgresql://..., got {url.split(':')[0]!r}")
+        with self._lock:
+            self._execute("CREATE TABLE IF NOT EXISTS generations (k TEXT PRIMARY KEY, v TEXT NOT NULL, "
+                          "job TEXT NOT NULL, size INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL, "
+                          "used DOUBLE PRECISION NOT NULL)")
+            self._execute("CREATE INDEX IF NOT EXISTS generations_used ON generations (used)")
+
+    def _execute(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        cursor = self._db.execute(sql.replace("?", self._mark), tuple(args))
+        return cursor.fetchall() if cursor.description else []
+
+    def get(self, key: str, *, job: str | None = None) -> dict | None:
+        """The answer stored under ``key`` (with ``job``: only one that job made), or None."""
+        return self.get_many([key], job=job).get(key)
+
+    def get_many(self, keys: Sequence[str], *, job: str | None = None) -> dict[str, dict]:
+        """The stored answers among ``keys`` younger than the age bound; marks them used."""
+        found: dict[str, dict] = {}
+        now = time.time()
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT k, v FROM generations WHERE k IN ({marks}) AND created >= ?"
+                args = [*chunk, now - self.max_age_s]
+                if job is not None:
+                    sql += " AND job = ?"
+                    args.append(job)
+                rows = self._execute(sql, args)
+                found.update((k, json.loads(v)) for k, v in rows)
+                if rows:
+                    hit = [k for k, _ in rows]
+                    self._execute(f"UPDATE generations SET used = ? WHERE k IN ({','.join('?' * len(hit))})",
+                                  [now, *hit])
+        return found
+
+    def put(self, key: str, value: dict, *, job: str) -> None:
+        """Keep one answer (a later answer under the same key replaces it: a job asked for fresh ones)."""
+        text = json.dumps(value, ensure_ascii=False)
+        now = time.time()
+        with self._lock:
+            self._execute(self._upsert, [key, text, job, len(text.encode()), now, now])
+            self._writes += 1
+            due = self._writes % EVICT_EVERY == 0
+        if due:
+            self.evict()
+
+    def evict(self) -> int:
+        """Drop entries past the age bound, then the least recently used while the store is over its
+        size bound (down to :data:`EVICT_TO` of it); returns how many went."""
+        with self._lock:
+            before = self._count()
+            self._execute("DELETE FROM generations WHERE created < ?", [time.time() - self.max_age_s])
+            size = self._size()
+            if size > self.max_bytes:
+                excess = size - int(self.max_bytes * EVICT_TO)
+                # the oldest-used entries whose sizes add up to the excess
+                rows = self._execute("SELECT k, size FROM generations ORDER BY used, k")
+                victims, freed = [], 0
+                for key, n in rows:
+                    if freed >= excess:
+                        break
+                    victims.append(key)
+                    freed += n
+                for start in range(0, len(victims), 500):
+                    chunk = victims[start:start + 500]
+                    self._execute(f"DELETE FROM generations WHERE k IN ({','.join('?' * len(chunk))})", chunk)
+            return before - self._count()
+
+    def _count(self) -> int:
+        return int(self._execute("SELECT COUNT(*) FROM generations")[0][0])
+
+    def _size(self) -> int:
+        return int(self._execute("SELECT COALESCE(SUM(size), 0) FROM generations")[0][0])
+
+    def stats(self) -> dict[str, int]:
+        """Entries and stored bytes now."""
+        with self._lock:
+            return {"entries": self._count(), "bytes": self._size()}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._execute("DELETE FROM generations")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class JobGenerations:
+    """What one job may read from and adds to the store: everything (``reuse``), or, for a job that
+    asked for fresh answers, only the answers it made itself."""
+
+    def __init__(self, store: GenerationStore, job_id: str, *, reuse: bool = True):
+        self.store = store
+        self.job_id = job_id
+        self.reuse = reuse
+
+    def get(self, key: str) -> dict | None:
+        return self.store.get(key, job=None if self.reuse else self.job_id)
+
+    def put(self, key: str, value: dict) -> None:
+        self.store.put(key, value, job=self.job_id)
