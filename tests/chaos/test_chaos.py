@@ -27,43 +27,12 @@ from services.embedded.stack import LocalStack, free_port
 from services.jobs.store import JobStore
 from services.method.formats import Teacher, dump_teacher_pool
 from fake_teacher import FakeTeacher
+from private_redis import PrivateRedis
 from fake_vllm import start_server
 
 LEASE_S = 4
 PROMPTS = {p["prompt"]: p for p in make_problems(40, seed=5)}
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, AOF on, so a restart loses nothing and disturbs no one."""
-
-    def __init__(self, directory):
-        self.port = free_port()
-        self.dir = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", str(self.dir), "--appendonly", "yes", "--save", ""],
-                                     stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        """SHUTDOWN: Redis flushes its AOF and exits, as a restarted pod's Redis would."""
-        try:
-            redis.Redis.from_url(self.url).shutdown()
-        except redis.ConnectionError:
-            pass
-        self.proc.wait(10)
 
 
 def _teacher(name: str, url: str) -> Teacher:
