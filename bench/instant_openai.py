@@ -42,6 +42,7 @@ class InstantServer:
         self.reward = reward
         self.models = [*teachers, student, reward]
         self.requests = 0
+        self.chats: dict[str, int] = dict.fromkeys(teachers, 0)  # chat requests per teacher (GET /stats)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -64,6 +65,8 @@ class InstantServer:
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict | None]:
         if method == "GET" and path == "/health":
             return 200, None
+        if method == "GET" and path == "/stats":  # the benchmark's own: what the teachers were asked
+            return 200, {"chat_requests": self.chats}
         if method == "GET" and path == "/v1/models":
             return 200, {"object": "list", "data": [
                 {"id": m, "object": "model", "owned_by": "instant", "max_model_len": MAX_MODEL_LEN}
@@ -80,6 +83,8 @@ class InstantServer:
 
     def chat(self, req: dict) -> dict:
         model, question = req["model"], req["messages"][-1]["content"]
+        if model in self.chats:
+            self.chats[model] += 1
         words = 20 + int(40 * _unit(model, question))
         text = f"{model} answers: " + " ".join(["lorem"] * words)
         n = int(req.get("n") or 1)

@@ -120,4 +120,5 @@ def _ask(task, job_id: str, spec: dict, prompts: dict, pool: dict, todo: list[tu
                     retry.append((p, t))
                 else:
                     failed[key] = f"{type(exc).__name__}: {exc}"
+    generations.flush()  # every answer is in the store before a row is written from it
     return fresh, retry

@@ -10,6 +10,11 @@ It lives outside Redis, so it survives a Redis flush and the restart of every pr
 ``sqlite:///PATH`` (one host: the embedded stack, docker-compose; WAL lets the workers of the host
 share the file) or ``postgresql://...`` (a cluster, whose worker pods share no disk). It is bounded
 by a size (the least recently used entries go first) and an age.
+
+Writes are batched: an answer joins the process's pending batch at once (reads in the process see
+it), and a flusher thread commits the batch every :data:`FLUSH_S` in one transaction; the worker
+calls :meth:`GenerationStore.flush` before it writes any row from those answers. A worker killed
+outright loses at most that last fraction of a second of answers.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import atexit
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +33,13 @@ from typing import Any, Sequence
 EVICT_EVERY = 1000
 #: A check that finds the store too big evicts down to this share of its bound.
 EVICT_TO = 0.9
+#: Seconds between two commits of the pending answers (and the most a killed worker can lose).
+FLUSH_S = 0.05
+#: A pending batch this big is committed at once.
+FLUSH_ITEMS = 256
+#: A read marks an entry used only if its last use is older than this: recency for eviction,
+#: without a write on every read.
+TOUCH_S = 3600.0
 
 
 def generation_key(base_url: str, model: str, messages: Sequence[dict], params: dict[str, Any]) -> str:
@@ -58,12 +72,18 @@ class GenerationStore:
             import psycopg
 
             self._db = psycopg.connect(url, autocommit=True)
+            # a commit lost to a server crash costs one request more, never a wrong answer
+            self._db.execute("SET synchronous_commit = off")
             self._mark = "%s"
             self._upsert = ("INSERT INTO generations (k, v, job, size, created, used) VALUES (%s, %s, %s, %s, %s, %s) "
                             "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, job = EXCLUDED.job, size = EXCLUDED.size, "
                             "created = EXCLUDED.created, used = EXCLUDED.used")
         else:
             raise ValueError(f"generation store must be sqlite:///PATH or postgresql://..., got {url.split(':')[0]!r}")
+        self._pending: dict[str, tuple] = {}
+        self._wake = threading.Event()
+        self._closed = False
+        self._flusher: threading.Thread | None = None
         with self._lock:
             self._execute("CREATE TABLE IF NOT EXISTS generations (k TEXT PRIMARY KEY, v TEXT NOT NULL, "
                           "job TEXT NOT NULL, size INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL, "
@@ -74,6 +94,20 @@ class GenerationStore:
         cursor = self._db.execute(sql.replace("?", self._mark), tuple(args))
         return cursor.fetchall() if cursor.description else []
 
+    @contextmanager
+    def _transaction(self):
+        if isinstance(self._db, sqlite3.Connection):
+            self._db.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        else:
+            with self._db.transaction():
+                yield
+
     def get(self, key: str, *, job: str | None = None) -> dict | None:
         """The answer stored under ``key`` (with ``job``: only one that job made), or None."""
         return self.get_many([key], job=job).get(key)
@@ -83,36 +117,73 @@ class GenerationStore:
         found: dict[str, dict] = {}
         now = time.time()
         with self._lock:
+            for key in keys:
+                row = self._pending.get(key)
+                if row is not None and (job is None or row[2] == job):
+                    found[key] = json.loads(row[1])
+            keys = [k for k in keys if k not in found]
             for start in range(0, len(keys), 500):
                 chunk = list(keys[start:start + 500])
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT k, v FROM generations WHERE k IN ({marks}) AND created >= ?"
+                sql = f"SELECT k, v, used FROM generations WHERE k IN ({marks}) AND created >= ?"
                 args = [*chunk, now - self.max_age_s]
                 if job is not None:
                     sql += " AND job = ?"
                     args.append(job)
                 rows = self._execute(sql, args)
-                found.update((k, json.loads(v)) for k, v in rows)
-                if rows:
-                    hit = [k for k, _ in rows]
-                    self._execute(f"UPDATE generations SET used = ? WHERE k IN ({','.join('?' * len(hit))})",
-                                  [now, *hit])
+                found.update((k, json.loads(v)) for k, v, _ in rows)
+                stale = [k for k, _, used in rows if used < now - TOUCH_S]
+                if stale:
+                    self._execute(f"UPDATE generations SET used = ? WHERE k IN ({','.join('?' * len(stale))})",
+                                  [now, *stale])
         return found
 
     def put(self, key: str, value: dict, *, job: str) -> None:
-        """Keep one answer (a later answer under the same key replaces it: a job asked for fresh ones)."""
+        """Keep one answer (a later answer under the same key replaces it: a job asked for fresh ones);
+        committed within :data:`FLUSH_S`, or by :meth:`flush`."""
         text = json.dumps(value, ensure_ascii=False)
         now = time.time()
         with self._lock:
-            self._execute(self._upsert, [key, text, job, len(text.encode()), now, now])
-            self._writes += 1
-            due = self._writes % EVICT_EVERY == 0
+            self._pending[key] = (key, text, job, len(text.encode()), now, now)
+            full = len(self._pending) >= FLUSH_ITEMS
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_forever, name="generation-store", daemon=True)
+                self._flusher.start()
+                atexit.register(self.flush)
+        if full:
+            self.flush()
+        else:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Commit the pending answers in one transaction."""
+        with self._lock:
+            if not self._pending:
+                return
+            rows, self._pending = list(self._pending.values()), {}
+            with self._transaction():
+                for row in rows:
+                    self._execute(self._upsert, row)
+            before = self._writes
+            self._writes += len(rows)
+            due = before // EVICT_EVERY != self._writes // EVICT_EVERY
         if due:
             self.evict()
+
+    def _flush_forever(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            time.sleep(FLUSH_S)  # gather what arrives meanwhile into the same commit
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - kept pending; the next flush (or the task's own) retries
+                pass
 
     def evict(self) -> int:
         """Drop entries past the age bound, then the least recently used while the store is over its
         size bound (down to :data:`EVICT_TO` of it); returns how many went."""
+        self.flush()
         with self._lock:
             before = self._count()
             self._execute("DELETE FROM generations WHERE created < ?", [time.time() - self.max_age_s])
@@ -140,15 +211,16 @@ class GenerationStore:
 
     def stats(self) -> dict[str, int]:
         """Entries and stored bytes now."""
+        self.flush()
         with self._lock:
             return {"entries": self._count(), "bytes": self._size()}
 
-    def clear(self) -> None:
-        with self._lock:
-            self._execute("DELETE FROM generations")
-
     def close(self) -> None:
-        self._db.close()
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        with self._lock:
+            self._db.close()
 
 
 class JobGenerations:
@@ -165,3 +237,6 @@ class JobGenerations:
 
     def put(self, key: str, value: dict) -> None:
         self.store.put(key, value, job=self.job_id)
+
+    def flush(self) -> None:
+        self.store.flush()

@@ -73,6 +73,7 @@ def test_answers_survive_a_restart_and_are_shared_by_every_process(store_url):
     second, third = _open(store_url), _open(store_url)  # a restarted worker, and another one
     assert second.get("k1") == {"text": "4", "completion_tokens": 1}
     third.put("k2", {"text": "5"}, job="job-b")
+    third.flush()
     assert second.get_many(["k1", "k2", "k3"]) == {"k1": {"text": "4", "completion_tokens": 1}, "k2": {"text": "5"}}
     assert second.stats()["entries"] == 2
 
@@ -99,21 +100,36 @@ def test_age_bound_hides_and_evicts_old_answers(store_url):
 
 def test_size_bound_evicts_the_least_recently_used_first(store_url, monkeypatch):
     monkeypatch.setattr(gen, "EVICT_EVERY", 5)
+    monkeypatch.setattr(gen, "TOUCH_S", 0.0)  # every read marks its entry used
     text = "y" * 1000
     store = _open(store_url, max_bytes=10_000)
     for i in range(4):
         store.put(f"k{i}", {"text": text}, job="j")
+        store.flush()
         time.sleep(0.01)
     store.get("k0")  # read: k0 is now the most recently used
     for i in range(4, 10):  # the 10th write finds ~10.2 KB stored: down to 9 KB, least recently used first
         store.put(f"k{i}", {"text": text}, job="j")
+        store.flush()
         time.sleep(0.01)
     assert store.stats()["bytes"] <= 9_000
     assert store.get("k0") is not None, "the recently read entry was evicted before older ones"
     assert store.get("k1") is None and store.get("k2") is None, "the least recently used entries stayed"
     for i in range(10, 40):
         store.put(f"k{i}", {"text": text}, job="j")
-    assert store.stats()["bytes"] <= 10_000 + 5 * 1020  # bounded: at most EVICT_EVERY writes over between checks
+    assert store.stats()["bytes"] <= 10_000  # every commit that passes the bound is followed by an eviction
+
+
+def test_a_put_is_readable_at_once_and_committed_by_the_flusher_within_a_moment(store_url):
+    writer = _open(store_url)
+    writer.put("k", {"text": "soon"}, job="j")
+    assert writer.get("k") == {"text": "soon"}  # the writing process sees its pending answer
+    other = _open(store_url)  # another process sees it once the flusher committed it
+    deadline = time.time() + 5
+    while other.get("k") is None:
+        assert time.time() < deadline, "the pending answer was never committed"
+        time.sleep(0.02)
+    assert other.get("k") == {"text": "soon"}
 
 
 def test_bad_store_url_is_a_clear_error():
