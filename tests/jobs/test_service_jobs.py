@@ -220,7 +220,10 @@ def test_calibrate_job_then_baselines_that_use_its_statistics(stack):
         assert job["state"] == "succeeded", job
         used = {r["teacher"] for r in dataset(client, job_id)}
         assert job["rows"] == len(prompts)
-        assert all(0 < u["completion_tokens"] <= 6 * u["requests"] for u in job["usage"].values())  # the job's limit
+        asked = [u for u in job["usage"].values() if u["requests"]]
+        assert all(0 < u["completion_tokens"] <= 6 * u["requests"] for u in asked)  # the job's limit
+        # every prompt's answer was asked for, or came from the store (same prompt, teacher and decoding)
+        assert job["generations"]["requested"] + job["generations"]["from_store"] == len(prompts)
         if strategy == "mix":
             assert used <= expected[strategy]  # a uniform per-prompt draw over the pool
         else:
