@@ -199,7 +199,7 @@ class JobStore:
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, kind: str, spec: dict, prompts: list[dict], *, owner: str = DEFAULT_TENANT) -> str:
-        """A new job of tenant ``owner`` with these prompts (ids unique), written at once."""
+        """A new job of tenant ``owner`` with these prompts (ids unique): staged, then registered."""
         with StagedPrompts(self) as staged:
             for prompt in prompts:
                 staged.add(prompt)
