@@ -125,12 +125,17 @@ class PromptIn(BaseModel):
         return out
 
 
+def positional_id(position: int) -> str:
+    """The id of an id-less prompt: its 1-based position in the job."""
+    return f"p{position:06d}"
+
+
 def assign_ids(prompts: Sequence[PromptIn], labels: Sequence[str]) -> None:
     """Give id-less prompts their positional id, then reject repeats (one dataset row per id)."""
     seen: dict[str, str] = {}
     for position, (prompt, label) in enumerate(zip(prompts, labels), 1):
         if prompt.id is None:
-            prompt.id = f"p{position:06d}"
+            prompt.id = positional_id(position)
         if prompt.id in seen:
             raise ValueError(f"{label}: duplicate prompt id {prompt.id!r} (first at {seen[prompt.id]})")
         seen[prompt.id] = label

@@ -6,6 +6,7 @@ A job belongs to the tenant that submitted it, and only for a student of that te
 from __future__ import annotations
 
 import json
+from array import array
 from typing import Annotated, Iterator
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
@@ -15,13 +16,13 @@ from pydantic import ValidationError
 
 from services.core.settings import Settings
 from services.jobs import stages as jobs
-from services.jobs.store import JobStore
+from services.jobs.store import JobStore, StagedPrompts
 from services.method.export import to_alpaca, to_sharegpt
 from services.method.formats import Teacher
 
 from ..deps import Caller, CallerDep, OwnedJobId, SettingsDep, StoreDep, TeachersDep, owned
 from ..errors import BadJSON, StrictJSONRoute, error_responses, loads_strict, validation_message
-from ..protocol import DatasetFormat, JobCreate, JobDescription, JobSpec, PromptIn, assign_ids
+from ..protocol import DatasetFormat, JobCreate, JobDescription, JobSpec, PromptIn, positional_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
@@ -35,30 +36,29 @@ def _too_large(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail)
 
 
-def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Teacher], caller: Caller) -> dict:
-    """Checks that need the service's state (limits, student, pool, router), then hands over to the job layer
-    (which creates the job already owned by the caller's tenant)."""
-    if len(body.prompts) > settings.max_job_prompts:
-        raise _too_large(f"{len(body.prompts)} prompts; at most {settings.max_job_prompts} per job")
-    for prompt in body.prompts:
-        if len(prompt.prompt) > settings.max_prompt_chars:
-            raise _too_large(f"prompt {prompt.id!r} has {len(prompt.prompt)} characters; "
-                             f"at most {settings.max_prompt_chars}")
-    owned(store, caller, "student", body.student_id)  # NotFound -> 404
+def _too_long(prompt_id: str, chars: int, settings: Settings) -> HTTPException:
+    return _too_large(f"prompt {prompt_id!r} has {chars} characters; at most {settings.max_prompt_chars}")
+
+
+def _submit(spec: JobSpec, prompts: StagedPrompts, settings: Settings, store: JobStore, pool: list[Teacher],
+            caller: Caller) -> dict:
+    """Checks that need the service's state (student, pool, router), then hands the staged prompts over to
+    the job layer (which registers the job already owned by the caller's tenant)."""
+    owned(store, caller, "student", spec.student_id)  # NotFound -> 404
     names = [t.name for t in pool]
-    unknown = [t for t in body.teachers or () if t not in names]
+    unknown = [t for t in spec.teachers or () if t not in names]
     if unknown:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"unknown teacher(s) {', '.join(map(repr, unknown))}; "
                             f"the pool has {', '.join(names) or 'no teachers'}")
-    chosen = body.teachers or names
-    if body.strong_teacher is not None and body.strong_teacher not in chosen:
+    chosen = spec.teachers or names
+    if spec.strong_teacher is not None and spec.strong_teacher not in chosen:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"strong_teacher {body.strong_teacher!r} is not among the job's teachers "
+                            f"strong_teacher {spec.strong_teacher!r} is not among the job's teachers "
                             f"({', '.join(chosen) or 'none'})")
     try:
-        job_id = jobs.submit_job(store, settings, body.model_dump(exclude={"prompts"}),
-                                 [p.to_job() for p in body.prompts], owner=caller.tenant)
+        job_id = jobs.submit_job(store, settings, spec.model_dump(exclude={"prompts"}), prompts,
+                                 owner=caller.tenant)
     except jobs.NeedsCalibration as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ValueError as exc:
@@ -70,41 +70,63 @@ def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Tea
              responses=_SUBMIT_ERRORS)
 def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
     """Queued at once; poll ``GET /v1/jobs/{id}`` for progress."""
-    return _submit(body, settings, store, pool, caller)
+    if len(body.prompts) > settings.max_job_prompts:
+        raise _too_large(f"{len(body.prompts)} prompts; at most {settings.max_job_prompts} per job")
+    for prompt in body.prompts:
+        if len(prompt.prompt) > settings.max_prompt_chars:
+            raise _too_long(prompt.id, len(prompt.prompt), settings)
+    with StagedPrompts(store) as staged:
+        for prompt in body.prompts:
+            staged.add(prompt.to_job())
+        staged.flush()
+        return _submit(body, staged, settings, store, pool, caller)
 
 
-def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
-    """Parse the JSONL upload line by line; every error names its line."""
-    prompts: list[PromptIn] = []
-    labels: list[str] = []
+def _unprocessable(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
+
+
+def _stage_upload(file: UploadFile, staged: StagedPrompts, settings: Settings) -> None:
+    """Read the JSONL upload a line at a time, validating each line once and staging its prompt as it
+    goes; every error names its line. The checks on the whole set (none, repeated ids, a prompt too
+    long) are raised once the file is read, as for a JSON body."""
+    limit = settings.max_job_prompts
+    lines = array("I")  # each prompt's line number (4 bytes a prompt), to name where a repeated id first was
+    too_long: tuple[str, int] | None = None
     for lineno, raw in enumerate(file.file, 1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: not UTF-8") from None
+            raise _unprocessable(f"line {lineno}: not UTF-8") from None
         if not line.strip():
             continue
         try:
             obj = loads_strict(line, f"line {lineno}")
         except BadJSON as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            raise _unprocessable(str(exc)) from None
         if not isinstance(obj, dict):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"line {lineno}: expected a JSON object")
+            raise _unprocessable(f"line {lineno}: expected a JSON object")
         try:
-            prompts.append(PromptIn.model_validate(obj))
+            prompt = PromptIn.model_validate(obj)
         except ValidationError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"line {lineno}: {validation_message(exc.errors())}") from None
-        labels.append(f"line {lineno}")
-        if len(prompts) > limit:  # stop reading: the file is too big anyway
+            raise _unprocessable(f"line {lineno}: {validation_message(exc.errors())}") from None
+        if staged.count == limit:  # stop reading: the file is too big anyway
             raise _too_large(f"more than {limit} prompts; at most {limit} per job")
-    if not prompts:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the file has no prompts")
-    try:
-        assign_ids(prompts, labels)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    return prompts
+        if prompt.id is None:
+            prompt.id = positional_id(staged.count + 1)
+        if too_long is None and len(prompt.prompt) > settings.max_prompt_chars:
+            too_long = (prompt.id, len(prompt.prompt))
+        lines.append(lineno)
+        staged.add(prompt.to_job())
+    staged.flush()
+    if not staged.count:
+        raise _unprocessable("the file has no prompts")
+    if staged.duplicate:
+        position, prompt_id = staged.duplicate
+        raise _unprocessable(f"line {lines[position]}: duplicate prompt id {prompt_id!r} "
+                             f"(first at line {lines[staged.first_position(prompt_id)]})")
+    if too_long:
+        raise _too_long(*too_long, settings)
 
 
 @router.post("/upload", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED,
@@ -113,15 +135,17 @@ def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
 def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON job body without prompts)")],
                file: Annotated[UploadFile, File(description="JSONL: one {id?, prompt, reference?} per line")],
                settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
-    """For prompt sets too big to send as one JSON body."""
+    """For prompt sets too big to send as one JSON body: the file streams into the job store as it is
+    read, so the gateway's memory does not grow with it; a rejected upload leaves nothing behind."""
     try:
         parsed = JobSpec.model_validate(loads_strict(spec, "body.spec"))
     except BadJSON as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", "spec", *e["loc"])} for e in exc.errors()]) from None
-    prompts = _upload_prompts(file, settings.max_job_prompts)
-    return _submit(JobCreate(**dict(parsed), prompts=prompts), settings, store, pool, caller)
+    with StagedPrompts(store) as staged:
+        _stage_upload(file, staged, settings)
+        return _submit(parsed, staged, settings, store, pool, caller)
 
 
 @router.get("/{job_id}", response_model=JobDescription, summary="Job state and progress", responses=_JOB_ERRORS)

@@ -28,7 +28,7 @@ import numpy as np
 
 from services.core.settings import DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
 from services.jobs.leases import Leases
-from services.jobs.store import RESUMABLE, JobStore
+from services.jobs.store import RESUMABLE, JobStore, StagedPrompts
 from services.method.formats import teacher_pool_cached
 
 JOB_KINDS = ("calibrate", "synthesize", "persyn")
@@ -91,24 +91,25 @@ def item_key(prompt_id: str, teacher: str) -> str:
     return f"{prompt_id}|{teacher}"
 
 
-def calibration_sample(prompt_ids: list[str], size: int, seed: int) -> list[str]:
-    """Seeded sample of calibration prompts, kept in the job's prompt order."""
-    if size >= len(prompt_ids):
-        return list(prompt_ids)
-    chosen = set(np.random.default_rng(seed).choice(len(prompt_ids), size=size, replace=False).tolist())
-    return [pid for i, pid in enumerate(prompt_ids) if i in chosen]
+def calibration_sample(n_prompts: int, size: int, seed: int) -> list[int]:
+    """Seeded sample of calibration prompts: their positions in the job's order, ascending."""
+    if size >= n_prompts:
+        return list(range(n_prompts))
+    return sorted(np.random.default_rng(seed).choice(n_prompts, size=size, replace=False).tolist())
 
 
 class NeedsCalibration(LookupError):
     """The job's strategy needs the student's calibration (an active router version)."""
 
 
-def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[dict], *,
+def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: StagedPrompts, *,
                owner: str = DEFAULT_TENANT) -> str:
-    """Check what needs the service's state, create the job and start its first stage.
+    """Check what needs the service's state, register the job whose prompts were staged (all
+    written, ids unique) and start its first stage.
 
     Raises ValueError for a job that cannot run here and NeedsCalibration when the
-    student has no router yet; nothing is created in either case.
+    student has no router yet; the job is not registered in either case (and the staged prompts
+    go when the caller's ``with`` block ends on the error).
     """
     if spec["kind"] not in JOB_KINDS:
         raise ValueError(f"unknown job kind {spec['kind']!r}")
@@ -123,17 +124,16 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
                                "run a calibrate job first (or submit kind 'persyn')")
     calibrate = spec["kind"] == "calibrate" or (spec["kind"] == "persyn" and not has_router)
     scores = calibrate or (spec["kind"] != "calibrate" and strategy in GENERATE_THEN_SELECT)
-    if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None:
-        missing = [p["id"] for p in prompts if p.get("reference") is None]
-        if missing:
-            raise ValueError(f"prompt {missing[0]!r} has no reference: quality needs references (math-verify) "
-                             "or a reward model (PERSYN_REWARD_MODEL)")
-    ids = [p["id"] for p in prompts]
-    plan = {"calibration": calibration_sample(ids, spec.get("calibration_size", 2500), spec.get("seed", 0))
-            if calibrate else []}
-    job_id = store.create_job(spec["kind"], {**spec, **plan}, prompts, owner=owner)
-    advance(store, job_id, None, settings)
-    return job_id
+    if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None \
+            and prompts.first_unreferenced is not None:
+        raise ValueError(f"prompt {prompts.first_unreferenced!r} has no reference: quality needs references "
+                         "(math-verify) or a reward model (PERSYN_REWARD_MODEL)")
+    positions = calibration_sample(prompts.count, spec.get("calibration_size", 2500), spec.get("seed", 0)) \
+        if calibrate else []
+    plan = {"calibration": store.prompt_ids_at(prompts.job_id, positions)}
+    prompts.register(spec["kind"], {**spec, **plan}, owner=owner)
+    advance(store, prompts.job_id, None, settings)
+    return prompts.job_id
 
 
 def _start(store: JobStore, settings: Settings, job_id: str, stage: str,

@@ -92,6 +92,30 @@ end
 return state or ''
 """
 
+#: Add prompts to a job being created. KEYS: prompts hash, order list; ARGV: ttl, then (id, JSON) pairs.
+#: A new id is stored and joins the order; a repeated one is left out. Returns 1 (new) or 0 per prompt.
+#: Both keys expire in ttl seconds (each batch renews them) until the job is registered.
+_ADD_PROMPTS = """
+local added = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    added[#added + 1] = 1
+  else
+    added[#added + 1] = 0
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return added
+"""
+
+#: How long the prompts of a job still being submitted outlive the last batch written, so a gateway that
+#: dies half-way through an upload leaves nothing behind for good.
+STAGED_PROMPTS_TTL_S = 3600
+#: Prompts per Redis round trip while a job's prompts are written.
+PROMPT_BATCH = 1000
+
 
 class NotFound(KeyError):
     """An unknown student, router version or job."""
@@ -111,6 +135,7 @@ class JobStore:
         self.p = prefix
         self._mark_items = client.register_script(_MARK_ITEMS)
         self._start_stages = client.register_script(_START_STAGES)
+        self._add_prompts = client.register_script(_ADD_PROMPTS)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "persyn") -> "JobStore":
@@ -192,20 +217,46 @@ class JobStore:
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, kind: str, spec: dict, prompts: list[dict], *, owner: str = DEFAULT_TENANT) -> str:
-        """A new job of tenant ``owner``, its record and prompts written in one transaction."""
-        job_id = uuid.uuid4().hex[:16]
+        """A new job of tenant ``owner`` with these prompts (ids unique): staged, then registered."""
+        with StagedPrompts(self) as staged:
+            for prompt in prompts:
+                staged.add(prompt)
+            staged.flush()
+            if staged.duplicate:
+                raise ValueError(f"duplicate prompt id {staged.duplicate[1]!r}")
+            staged.register(kind, spec, owner=owner)
+        return staged.job_id
+
+    def add_prompts(self, job_id: str, prompts: list[dict]) -> list[bool]:
+        """Write prompts of a job not yet registered; False for an id the job already has (that prompt is
+        left out). Its keys expire unless :meth:`register_job` comes within ``STAGED_PROMPTS_TTL_S``."""
+        args = [STAGED_PROMPTS_TTL_S]
+        for p in prompts:
+            args += [p["id"], json.dumps(p)]
+        keys = [self._k("job", job_id, "prompts"), self._k("job", job_id, "order")]
+        return [bool(new) for new in self._add_prompts(keys=keys, args=args)]
+
+    def prompt_position(self, job_id: str, prompt_id: str) -> int | None:
+        """Where ``prompt_id`` stands in the job's order (0-based), None if absent."""
+        return self.r.lpos(self._k("job", job_id, "order"), prompt_id)
+
+    def register_job(self, job_id: str, kind: str, spec: dict, n_prompts: int, *,
+                     owner: str = DEFAULT_TENANT) -> None:
+        """Make a job whose prompts :meth:`add_prompts` wrote visible, its record and index entry in one
+        transaction, its prompts kept for good."""
         now = _now()
         pipe = self.r.pipeline()
         pipe.hset(self._k("job", job_id), mapping={
             "id": job_id, "kind": kind, "state": "queued", "stage": "", "spec": json.dumps(spec), "owner": owner,
-            "n_prompts": len(prompts), "created": now, "updated": now, "error": ""})
-        for start in range(0, len(prompts), 1000):
-            chunk = prompts[start:start + 1000]
-            pipe.hset(self._k("job", job_id, "prompts"), mapping={p["id"]: json.dumps(p) for p in chunk})
-            pipe.rpush(self._k("job", job_id, "order"), *[p["id"] for p in chunk])
+            "n_prompts": n_prompts, "created": now, "updated": now, "error": ""})
+        pipe.persist(self._k("job", job_id, "prompts"))
+        pipe.persist(self._k("job", job_id, "order"))
         pipe.zadd(self._k("jobs"), {job_id: now})
         pipe.execute()
-        return job_id
+
+    def discard_prompts(self, job_id: str) -> None:
+        """Delete the prompts of a job that was never registered."""
+        self.r.delete(self._k("job", job_id, "prompts"), self._k("job", job_id, "order"))
 
     def job_exists(self, job_id: str) -> bool:
         return bool(self.r.exists(self._k("job", job_id)))
@@ -219,6 +270,17 @@ class JobStore:
 
     def prompt_ids(self, job_id: str) -> list[str]:
         return self.r.lrange(self._k("job", job_id, "order"), 0, -1)
+
+    def prompt_ids_at(self, job_id: str, positions: list[int], batch: int = 2000) -> list[str]:
+        """The ids at ascending ``positions`` of the job's order, read ``batch`` at a time."""
+        out: list[str] = []
+        start, window = 0, []
+        for position in positions:
+            if not start <= position < start + len(window):
+                start, window = position, self.r.lrange(self._k("job", job_id, "order"), position,
+                                                        position + batch - 1)
+            out.append(window[position - start])
+        return out
 
     def prompt_count(self, job_id: str) -> int:
         return int(self.r.llen(self._k("job", job_id, "order")))
@@ -435,3 +497,60 @@ class JobStore:
 
     def list_jobs(self, limit: int = 50) -> list[str]:
         return self.r.zrevrange(self._k("jobs"), 0, limit - 1)
+
+
+class StagedPrompts:
+    """A new job's prompts, written to Redis ``PROMPT_BATCH`` at a time as they arrive, under a job id
+    nobody sees until :meth:`JobStore.register_job`: memory stays flat in the number of prompts.
+
+    Used as a context manager: leaving it on an error before the job is registered deletes what was
+    written (and what a lost connection kept from deleting expires with ``STAGED_PROMPTS_TTL_S``).
+    Repeated ids are noted, not raised, so a caller can name the line that holds one once all is read.
+    """
+
+    def __init__(self, store: JobStore):
+        self.store = store
+        self.job_id = uuid.uuid4().hex[:16]
+        self.count = 0  # prompts added, repeats included (the next id-less prompt's position is count + 1)
+        self.first_unreferenced: str | None = None  # id of the first prompt without a reference
+        self.duplicate: tuple[int, str] | None = None  # (0-based position, id) of the first repeated id
+        self._pending: list[dict] = []
+        self.registered = False
+
+    def add(self, prompt: dict) -> None:
+        if self.first_unreferenced is None and prompt.get("reference") is None:
+            self.first_unreferenced = prompt["id"]
+        self._pending.append(prompt)
+        self.count += 1
+        if len(self._pending) >= PROMPT_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        first = self.count - len(self._pending)
+        added = self.store.add_prompts(self.job_id, self._pending)
+        if self.duplicate is None and not all(added):
+            i = added.index(False)
+            self.duplicate = (first + i, self._pending[i]["id"])
+        self._pending = []
+
+    def first_position(self, prompt_id: str) -> int:
+        """Where an id first occurs (0-based); before the first repeat, the order holds every prompt."""
+        return self.store.prompt_position(self.job_id, prompt_id)
+
+    def register(self, kind: str, spec: dict, *, owner: str = DEFAULT_TENANT) -> None:
+        """Make the job visible with every prompt added (none pending, no repeat)."""
+        assert not self._pending and self.duplicate is None, "flush and check for repeats first"
+        self.store.register_job(self.job_id, kind, spec, self.count, owner=owner)
+        self.registered = True
+
+    def __enter__(self) -> "StagedPrompts":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self.registered:
+            try:
+                self.store.discard_prompts(self.job_id)
+            except redis.RedisError:
+                pass  # the keys expire on their own

@@ -250,6 +250,64 @@ def test_job_upload(client, store, enqueued):
     assert len(enqueued) == 1
 
 
+
+@pytest.fixture(scope="module")
+def big_client(settings, store, students):
+    """The gateway with room for uploads of several Redis batches."""
+    from dataclasses import replace
+
+    with TestClient(create_app(replace(settings, max_job_prompts=6000), store=store)) as client:
+        yield client
+
+
+def test_a_rejected_upload_leaves_nothing_in_redis(big_client, store, enqueued):
+    """Every rejection after prompts were written (a bad line, a repeat, a long prompt, a check of the job
+    layer) deletes what the upload had staged, and names the right lines."""
+    spec = {k: v for k, v in _job().items() if k != "prompts"}
+    good = [json.dumps({"prompt": f"Question {i}?"}) for i in range(2500)]  # three Redis batches
+    before = set(store.r.scan_iter(f"{store.p}:*"))
+    cases = [
+        (good + ['{"prompt": "unterminated'], 422, "line 2501"),
+        (good[:1500] + [""] + good[1500:] + [json.dumps({"id": "p001200", "prompt": "again"})], 422,
+         "line 2502: duplicate prompt id 'p001200' (first at line 1200)"),
+        (good + [json.dumps({"prompt": "x" * 201})], 413, "prompt 'p002501' has 201 characters; at most 200"),
+        (good + [json.dumps({"prompt": "y"})] * 3501, 413, "more than 6000 prompts"),
+    ]
+    for lines, code, words in cases:
+        reply = _upload(big_client, spec, lines)
+        assert reply.status_code == code and words in reply.json()["detail"], reply.text
+    calibrate = {**spec, "kind": "calibrate", "student_id": "stu-new"}  # no references, no reward model
+    reply = _upload(big_client, calibrate, good)
+    assert reply.status_code == 422 and "prompt 'p000001' has no reference" in reply.json()["detail"], reply.text
+    foreign = _upload(big_client, {**spec, "student_id": "nobody"}, good)
+    assert foreign.status_code == 404
+    assert set(store.r.scan_iter(f"{store.p}:*")) == before
+    assert not enqueued
+
+
+def test_a_streamed_upload_keeps_every_prompt_in_order(big_client, store, enqueued):
+    """5,000 lines over several Redis batches: ids given or by position, blank lines skipped, and the
+    calibration sample drawn from the whole file."""
+    prompts = []
+    for i in range(5000):
+        prompt = {"prompt": f"What is {i} plus 1?", "reference": str(i + 1)}
+        prompts.append({"id": f"own-{i}", **prompt} if i % 3 == 0 else prompt)
+    lines = []
+    for i, prompt in enumerate(prompts):
+        lines += [json.dumps(prompt)] + ([""] if i % 700 == 0 else [])
+    spec = {"kind": "calibrate", "student_id": "stu-new", "calibration_size": 50, "seed": 3}
+    reply = _upload(big_client, spec, lines)
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["id"]
+    expected = [{"id": p.get("id", f"p{i + 1:06d}"), **p} for i, p in enumerate(prompts)]
+    assert store.prompts(job_id) == expected and reply.json()["n_prompts"] == 5000
+    chosen = sorted(np.random.default_rng(3).choice(5000, size=50, replace=False).tolist())
+    calibration = store.job_record(job_id)["spec"]["calibration"]
+    assert calibration == [expected[i]["id"] for i in chosen]
+    assert {pid for _, args, _ in enqueued for pid, _ in args[3]} == set(calibration)
+    assert store.r.ttl(f"{store.p}:job:{job_id}:prompts") == store.r.ttl(f"{store.p}:job:{job_id}:order") == -1
+    assert job_id in store.list_jobs()
+
 def test_dataset_streams_in_every_format(client, store):
     job_id = store.create_job("synthesize", {"student_id": "stu-a"},
                               [{"id": f"q{i}", "prompt": f"Question {i}?"} for i in range(3)])
