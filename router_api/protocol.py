@@ -215,6 +215,8 @@ class DistillProgress(BaseModel):
     steps_total: int | None = Field(None, description="optimiser steps the training runs (known once it starts)")
     loss: float | None = Field(None, description="latest logged training loss")
     final_loss: float | None = Field(None, description="training loss of the last logged step")
+    resumed_from_step: int | None = Field(None, description="the checkpoint a redelivered training resumed from "
+                                                            "(its first worker died)")
     seconds: float | None = None
     model_dir: str | None = Field(None, description="the trained HF model directory, relative to the service's "
                                                     "data dir (a plain HF directory, LoRA merged in)")

@@ -20,7 +20,8 @@ from services.jobs.distill import (
 )
 from services.jobs.leases import TRANSIENT_REDIS_ERRORS
 from services.method.formats import write_jsonl
-from services.student.training import DistillConfig, distill as train_student, portable_llamafactory_config
+from services.student.training import DistillConfig, last_checkpoint, portable_llamafactory_config
+from services.student.training import distill as train_student
 
 
 class DistillFailed(RuntimeError):
@@ -97,6 +98,9 @@ def _distill(job_id: str) -> str:
                 raise DistillFailed(f"dataset job {spec['dataset_job_id']!r} has no rows with a prompt and a "
                                     "response left (its dataset may have expired)")
             write_jsonl(rows, out / "dataset.jsonl")
+            checkpoint = last_checkpoint(out)
+            if checkpoint is not None:  # an earlier delivery died mid-run
+                store.update_job(job_id, distill_resumed_from=int(checkpoint.name.split("-")[-1]))
             try:
                 result = train_student(rows, out, distill_config(spec, settings.device),
                                        name=f"job-{spec['dataset_job_id']}", callbacks=[JobProgress(job_id)],

@@ -112,6 +112,6 @@ def distill_progress(job: dict) -> dict:
         "dataset_rows": spec.get("dataset_rows"), "rows_trained": number("distill_rows", int),
         "steps_done": number("distill_steps_done", int) or 0, "steps_total": number("distill_steps_total", int),
         "loss": number("distill_loss"), "final_loss": number("distill_final_loss"),
-        "seconds": number("distill_seconds"), "model_dir": job.get("distill_model") or None,
+        "resumed_from_step": number("distill_resumed_from", int), "seconds": number("distill_seconds"), "model_dir": job.get("distill_model") or None,
         "artifacts": sorted(ARTIFACTS) if published else [],
     }
