@@ -175,8 +175,10 @@ def build_trainer(rows: Sequence[dict], out_dir: str | Path, config: DistillConf
 
 
 def last_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest checkpoint a run in ``out_dir`` saved (``save_steps``), or None."""
-    found = [p for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest whole checkpoint a run in ``out_dir`` saved (``save_steps``), or None. The Trainer
+    writes ``trainer_state.json`` last, so a checkpoint without it was cut off (its worker died)."""
+    found = [p for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
