@@ -259,13 +259,13 @@ class JobDescription(BaseModel):
     n_calibration: int | None = None
     router_version: str | None = None
     router_gate: dict | None = Field(None, description="the router publish gate: activated, reason, checks")
-    training: DistillProgress | None = Field(None, description="a distill job's training: steps, loss, artifacts")
     failures: dict[str, dict] = Field(default_factory=dict, description="failed items per teacher (or "
                                       "stage:NAME): items, first error")
     error: str | None = None
     created: float
     updated: float
     finished: float | None = None
+    training: DistillProgress | None = Field(None, description="a distill job's training: steps, loss, artifacts")
 
 
 # --------------------------------------------------------------------------- probes
