@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-from transformers import TrainerCallback
-
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
 from services.jobs.distill import (
@@ -28,36 +26,41 @@ class DistillFailed(RuntimeError):
     """Training failed; the message names no path of this server."""
 
 
-class JobProgress(TrainerCallback):
-    """Steps done and the latest loss onto the job record; stops training once the job is cancelled.
+def job_progress(job_id: str):
+    """A ``TrainerCallback`` writing steps done and the latest loss onto the job record, and stopping
+    training once the job is cancelled (transformers is imported only when a training starts, not by
+    every worker that loads the Celery app).
 
     Progress is a view: a Redis error here skips one update, never the training."""
+    from transformers import TrainerCallback
 
-    def __init__(self, job_id: str):
-        self.job_id = job_id
-        self.loss: float | None = None
+    class JobProgress(TrainerCallback):
+        def __init__(self):
+            self.loss: float | None = None
 
-    def _record(self, state) -> None:
-        try:
-            record_progress(rt.store(), self.job_id, steps_done=int(state.global_step),
-                            steps_total=int(state.max_steps), loss=self.loss)
-        except TRANSIENT_REDIS_ERRORS:
-            pass
+        def _record(self, state) -> None:
+            try:
+                record_progress(rt.store(), job_id, steps_done=int(state.global_step),
+                                steps_total=int(state.max_steps), loss=self.loss)
+            except TRANSIENT_REDIS_ERRORS:
+                pass
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._record(state)
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._record(state)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.loss = float(logs["loss"])
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self._record(state)
-        try:
-            if not rt.store().is_active(self.job_id):
-                control.should_training_stop = True
-        except TRANSIENT_REDIS_ERRORS:
-            pass
+        def on_step_end(self, args, state, control, **kwargs):
+            self._record(state)
+            try:
+                if not rt.store().is_active(job_id):
+                    control.should_training_stop = True
+            except TRANSIENT_REDIS_ERRORS:
+                pass
+
+    return JobProgress()
 
 
 def distill_config(spec: dict, device: str | None) -> DistillConfig:
@@ -103,7 +106,7 @@ def _distill(job_id: str) -> str:
                 store.update_job(job_id, distill_resumed_from=int(checkpoint.name.split("-")[-1]))
             try:
                 result = train_student(rows, out, distill_config(spec, settings.device),
-                                       name=f"job-{spec['dataset_job_id']}", callbacks=[JobProgress(job_id)],
+                                       name=f"job-{spec['dataset_job_id']}", callbacks=[job_progress(job_id)],
                                        resume=True)
             except TRANSIENT_REDIS_ERRORS:
                 raise

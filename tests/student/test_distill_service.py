@@ -33,7 +33,7 @@ def stack(tmp_path_factory):
     with LocalStack(work_dir=work, key_prefix=prefix, teacher_pool=pool, queues=("training",),
                     concurrency={"training": 1},
                     extra_env={"PERSYN_DEVICE": "cpu", "PERSYN_LEASE_SECONDS": "4",
-                               "PERSYN_WATCHDOG_INTERVAL_S": "1"}) as running:
+                               "PERSYN_WATCHDOG_INTERVAL_S": "2"}) as running:
         store = JobStore.from_url(running.redis_url, prefix)
         with httpx.Client(base_url=running.url, timeout=60) as client:
             assert client.post("/v1/students", json={"student_id": "smol"}).status_code == 201
@@ -96,6 +96,8 @@ def test_a_training_whose_worker_is_killed_is_redelivered_and_resumes_from_its_c
     job = wait(client, job_id, timeout=240)
     assert job["state"] == "succeeded", job
     assert job["training"]["steps_done"] == job["training"]["steps_total"] == 2
-    assert job["stages"][0]["redelivered"] == 1 and job["stages"][0]["done"] == 1
+    # requeued once its lease lapsed (a loaded machine may add a requeue of a copy that was slow to take
+    # the lease; that copy finds the lease held and does nothing)
+    assert job["stages"][0]["redelivered"] >= 1 and job["stages"][0]["done"] == 1
     assert job["training"]["resumed_from_step"] == 1  # from its checkpoint, not from the start
     assert math.isfinite(job["training"]["final_loss"])
