@@ -19,13 +19,14 @@ from services.routing.client import router_client_from_settings
 from . import errors
 from .deps import authenticate
 from .metrics import GatewayMetrics
-from .routes import health, jobs, routing, students, teachers
+from .routes import distill, health, jobs, routing, students, teachers
 
 TAGS = [
     {"name": "routing", "description": "Each prompt's teacher for a student (PerSyn's Bradley-Terry router)."},
     {"name": "students", "description": "Students and their router versions."},
     {"name": "teachers", "description": "The teacher pool."},
-    {"name": "jobs", "description": "Calibration and synthesis jobs, their progress and datasets."},
+    {"name": "jobs",
+     "description": "Calibration, synthesis and distill jobs, their progress, datasets and trained students."},
     {"name": "health", "description": "Probes (no API key) and Prometheus metrics (an admin key)."},
 ]
 
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     errors.install(app)
 
     secured = [Depends(authenticate)]
-    for module in (routing, students, teachers, jobs):
+    for module in (routing, students, teachers, jobs, distill):
         app.include_router(module.router, prefix="/v1", dependencies=secured)
     app.include_router(health.router)
     return app

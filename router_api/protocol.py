@@ -185,6 +185,54 @@ class JobCreate(JobSpec):
         return self
 
 
+class DistillJobCreate(BaseModel):
+    """A distill job: fine-tune a student (TRL SFT, response tokens only) on the dataset of a finished
+    synthesize or persyn job of the caller's tenant, on the training queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_job_id: str = Field(pattern=ID_PATTERN, description="A synthesize or persyn job of this tenant that "
+                                "succeeded or ended partial: its rows are the training data (404 unknown, 409 "
+                                "not finished or no dataset).")
+    student_model: str | None = Field(
+        None, pattern=MODEL_PATTERN, examples=["smollm2-135m-instruct"],
+        description="The model to fine-tune (a packaged name or an HF-style org/name); default: the model of "
+                    "the dataset job's student.")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000,
+                                  description="Stop after this many optimiser steps, whatever `epochs` says.")
+    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the dataset (when `max_steps` is absent).")
+    learning_rate: float | None = Field(None, gt=0, le=1, description="Default: 2e-5, or 2e-4 with `lora`.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Examples per device per step.")
+    grad_accum: int = Field(1, ge=1, le=4096, description="Gradient accumulation steps.")
+    max_length: int = Field(1024, ge=8, le=131072, description="Prompt + response tokens; longer examples are cut.")
+    lora: bool = Field(False, description="Train LoRA adapters (PEFT, every linear layer) instead of every weight; "
+                                          "the saved model has them merged in.")
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank (with `lora`).")
+    save_steps: int = Field(0, ge=0, le=10_000_000, description="A checkpoint every this many steps (0: none); a "
+                            "training whose worker died resumes from the last one.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Data order and LoRA's initial adapters.")
+
+
+class DistillProgress(BaseModel):
+    """A distill job's training: progress while it runs, the result once its model is published."""
+
+    dataset_job_id: str
+    student_model: str | None = None
+    dataset_rows: int | None = Field(None, description="rows of the dataset job at submission")
+    rows_trained: int | None = Field(None, description="rows with a prompt and a response, trained on")
+    steps_done: int = 0
+    steps_total: int | None = Field(None, description="optimiser steps the training runs (known once it starts)")
+    loss: float | None = Field(None, description="latest logged training loss")
+    final_loss: float | None = Field(None, description="training loss of the last logged step")
+    resumed_from_step: int | None = Field(None, description="the checkpoint a redelivered training resumed from "
+                                                            "(its first worker died)")
+    seconds: float | None = None
+    model_dir: str | None = Field(None, description="the trained HF model directory, relative to the service's "
+                                                    "data dir (a plain HF directory, LoRA merged in)")
+    artifacts: list[str] = Field(default_factory=list,
+                                 description="names for GET /v1/jobs/{id}/artifacts/{name}, once it succeeded")
+
+
 class StageProgress(BaseModel):
     stage: str
     total: int
@@ -232,6 +280,7 @@ class JobDescription(BaseModel):
     created: float
     updated: float
     finished: float | None = None
+    training: DistillProgress | None = Field(None, description="a distill job's training: steps, loss, artifacts")
 
 
 # --------------------------------------------------------------------------- probes

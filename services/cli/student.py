@@ -56,6 +56,32 @@ def cmd_eval_student(args) -> None:
     print(json.dumps(result.summary()))
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto" or text.startswith("auto:"):
+        return text
+    return positive_int(text)
+
+
+def _tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise argparse.ArgumentTypeError("name at least one task, e.g. ifeval,gsm8k")
+    return tasks
+
+
+def cmd_eval_harness(args) -> None:
+    from services.student.harness import evaluate_harness, scores, write_results
+
+    results = evaluate_harness(
+        args.model, args.tasks, served_model=args.served_model, chat=args.chat, limit=args.limit,
+        num_fewshot=args.num_fewshot, batch_size=args.batch_size, device=args.device, workers=args.workers,
+        gen_kwargs={"max_gen_toks": args.max_new_tokens} if args.max_new_tokens else None,
+        include_path=args.include_path, seed=args.seed)
+    if args.out:
+        write_results(results, args.out)
+    print(json.dumps({"model": args.model, "tasks": args.tasks, "scores": scores(results)}))
+
+
 def cmd_experiment(args) -> None:
     from services.student.experiment import ExperimentConfig, run_experiment
 
@@ -101,6 +127,27 @@ def register(sub) -> None:
     p.add_argument("--workers", type=positive_int, default=8, help="parallel requests to an endpoint")
     p.add_argument("--out", type=Path, default=None, help="write each answer and its grade to this JSONL")
     p.set_defaults(func=cmd_eval_student)
+
+    p = sub.add_parser("eval-harness", help="a student on lm-evaluation-harness tasks (IFEval, GSM8K, ...); "
+                                            "needs the lmeval extra")
+    p.add_argument("--model", required=True, help="HF model directory, packaged name, or an OpenAI-compatible URL "
+                                                  "(http://host:8000/v1)")
+    p.add_argument("--tasks", type=_tasks, required=True, help="comma-separated harness tasks, e.g. ifeval,gsm8k")
+    p.add_argument("--served-model", default=None, help="the endpoint's model name (default: the one it serves)")
+    p.add_argument("--chat", action="store_true", help="prompts through the chat template (instruction-tuned "
+                                                       "students; the endpoint's /chat/completions)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
+    p.add_argument("--limit", type=_positive_float, default=None,
+                   help="items per task (a share when < 1): smoke runs only, not comparable scores")
+    p.add_argument("--batch-size", type=_batch_size, default=1, help="local batch size, or auto")
+    p.add_argument("--device", default=None, help="local device, e.g. cuda:0 (default: the harness's choice)")
+    p.add_argument("--workers", type=positive_int, default=8, help="parallel requests to an endpoint")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="cap on generated tokens (default: each task's own)")
+    p.add_argument("--include-path", type=existing_path, default=None, help="a folder of extra task YAMLs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="write the harness's results JSON here")
+    p.set_defaults(func=cmd_eval_harness)
 
     p = sub.add_parser("experiment", help="build a dataset per strategy, train the same student on each, "
                                           "evaluate each (the paper's comparison)")

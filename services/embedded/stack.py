@@ -69,6 +69,7 @@ class LocalStack:
     concurrency: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONCURRENCY))
     extra_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    queues: tuple[str, ...] = QUEUES  # the queues that get a worker (a test may need only one)
 
     def __post_init__(self):
         self.work_dir = Path(self.work_dir)
@@ -109,7 +110,7 @@ class LocalStack:
 
             pool = self._exit.enter_context(DemoPool())
             self.teacher_pool = write_demo_pool_yaml(pool, self.work_dir / "demo_pool.yaml")
-        for queue in QUEUES:
+        for queue in self.queues:
             self.start_worker(queue)
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "router_api.app:create_app", "--host", self.host,

@@ -17,7 +17,8 @@ from services.core.settings import Settings
 
 QUEUES = ("generation", "scoring", "training")
 
-app = Celery("persyn", include=["generation_worker.tasks", "scoring_worker.tasks", "training_worker.tasks"])
+app = Celery("persyn", include=["generation_worker.tasks", "scoring_worker.tasks", "training_worker.tasks",
+                               "training_worker.distill"])
 
 
 def configure(settings: Settings) -> Celery:

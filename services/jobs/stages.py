@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from services.core.settings import DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
+from services.jobs.distill import DISTILL_KIND, advance_distill, distill_progress
 from services.jobs.leases import Leases
 from services.jobs.store import RESUMABLE, JobStore, StagedPrompts
 from services.method.formats import teacher_pool_cached
@@ -166,6 +167,9 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
         return
     job = store.job_record(job_id)
     spec, kind = job["spec"], job["kind"]
+    if kind == DISTILL_KIND:
+        advance_distill(store, settings, job_id, completed)
+        return
     strategy = spec.get("strategy", "persyn")
     calibration = spec.get("calibration", [])
     if completed is None:
@@ -294,8 +298,8 @@ def conclude(store: JobStore, job_id: str, *, error: str | None = None, settings
              stopped: str | None = None) -> str:
     """End the job in the state its output earns; returns the state.
 
-    ``succeeded``: every prompt has its row (a calibrate job: its router was trained) and no
-    item failed; ``partial``: some output, with the reasons; ``failed``: no output, or
+    ``succeeded``: every prompt has its row (a calibrate job: its router was trained; a distill
+    job: its model was published) and no item failed; ``partial``: some output, with the reasons; ``failed``: no output, or
     ``stopped`` (the reason it was stopped early: its error budget). The reasons name each
     teacher (or stage) whose items failed, with its first error and the count of each kind.
     """
@@ -304,6 +308,8 @@ def conclude(store: JobStore, job_id: str, *, error: str | None = None, settings
     reasons = [r for r in (stopped, error) if r]
     if job["kind"] == "calibrate":
         produced = bool(job.get("router_version"))
+    elif job["kind"] == DISTILL_KIND:
+        produced = bool(job.get("distill_model"))
     else:
         n, rows = store.prompt_count(job_id), store.row_count(job_id)
         produced = rows > 0
@@ -382,6 +388,7 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         "generations": {"requested": sum(u.get("requests", 0) for u in usage.values()),
                         "from_store": sum(u.get("from_store", 0) for u in usage.values())},
         "router_gate": json.loads(job["router_gate"]) if job.get("router_gate") else None,
+        "training": distill_progress(job) if job["kind"] == DISTILL_KIND else None,
         "error": job.get("error") or None,
         "created": job["created"], "updated": job["updated"],
         "finished": float(job["finished"]) if job.get("finished") else None,

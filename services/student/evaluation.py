@@ -127,6 +127,19 @@ class LocalGenerator:
         return out
 
 
+def served_model_name(base_url: str, model: str | None = None) -> str:
+    """``model``, or the one model the OpenAI-compatible server at ``base_url`` serves."""
+    from services.clients.openai_compat import OpenAICompatClient
+
+    if model is not None:
+        return model
+    with OpenAICompatClient(base_url, "", timeout=30, max_retries=1) as probe:
+        served = probe.models()
+    if len(served) != 1:
+        raise ValueError(f"{base_url} serves {served or 'no models'}: name one with --served-model")
+    return served[0]
+
+
 class EndpointGenerator:
     """Answers from an OpenAI-compatible chat endpoint at temperature 0, a few requests at a time."""
 
@@ -134,12 +147,7 @@ class EndpointGenerator:
                  timeout: float = 300.0):
         from services.clients.openai_compat import OpenAICompatClient
 
-        if model is None:
-            with OpenAICompatClient(base_url, "", timeout=30, max_retries=1) as probe:
-                served = probe.models()
-            if len(served) != 1:
-                raise ValueError(f"{base_url} serves {served or 'no models'}: name one with --served-model")
-            model = served[0]
+        model = served_model_name(base_url, model)
         self.name = f"{base_url} ({model})"
         self.client = OpenAICompatClient(base_url, model, timeout=timeout)
         self.max_tokens, self.workers = max_tokens, workers

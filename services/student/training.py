@@ -125,8 +125,22 @@ def write_llamafactory_config(rows: Sequence[dict], out_dir: str | Path, student
     return path
 
 
-def build_trainer(rows: Sequence[dict], out_dir: str | Path, config: DistillConfig):
-    """TRL's ``SFTTrainer`` for ``rows`` with the student loaded in fp32 (bf16 autocast on a GPU)."""
+def portable_llamafactory_config(path: str | Path, model_name: str) -> Path:
+    """Rewrite a config of :func:`write_llamafactory_config` for use elsewhere: the student by name,
+    the dataset and the output beside the config (run from its folder), no path of this machine."""
+    import yaml
+
+    path = Path(path)
+    header, _, body = path.read_text().partition("\n")
+    settings = yaml.safe_load(body)
+    settings.update(model_name_or_path=model_name, dataset_dir=".", output_dir=f"saves-{settings['dataset']}")
+    path.write_text(header + "\n" + yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+def build_trainer(rows: Sequence[dict], out_dir: str | Path, config: DistillConfig, callbacks: Sequence = ()):
+    """TRL's ``SFTTrainer`` for ``rows`` with the student loaded in fp32 (bf16 autocast on a GPU);
+    ``callbacks``: transformers ``TrainerCallback``s (the service's progress counters)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -156,15 +170,26 @@ def build_trainer(rows: Sequence[dict], out_dir: str | Path, config: DistillConf
         dataloader_num_workers=0,
         gradient_checkpointing=False)  # TRL turns it on by default; a small student needs no memory saving
     return SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+                      callbacks=list(callbacks) or None,
                       train_dataset=Dataset.from_list([to_prompt_completion(r) for r in rows]))
 
 
+def last_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest whole checkpoint a run in ``out_dir`` saved (``save_steps``), or None. The Trainer
+    writes ``trainer_state.json`` last, so a checkpoint without it was cut off (its worker died)."""
+    found = [p for p in (Path(out_dir) / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
 def distill(rows: Sequence[dict], out_dir: str | Path, config: DistillConfig | None = None,
-            *, name: str = "persyn") -> DistillResult:
+            *, name: str = "persyn", callbacks: Sequence = (), resume: bool = False) -> DistillResult:
     """Fine-tune ``config.student`` on ``rows``; the model lands in ``out_dir/model``.
 
-    Also writes ``training_loss.png``, ``distill.json`` (settings, losses, time) and
-    ``llamafactory/`` (the same run as a LLaMA-Factory config).
+    ``resume``: continue from the last checkpoint of an earlier run in ``out_dir`` when there is one
+    (a service job whose worker died). Also writes ``training_loss.png``, ``distill.json`` (settings,
+    losses, time; written last, so its presence says the run finished) and ``llamafactory/`` (the same
+    run as a LLaMA-Factory config).
     """
     from services.reports.plots import plot_training_loss
 
@@ -172,9 +197,10 @@ def distill(rows: Sequence[dict], out_dir: str | Path, config: DistillConfig | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    trainer = build_trainer(rows, out, config)
+    trainer = build_trainer(rows, out, config, callbacks)
     lf_config = write_llamafactory_config(rows, out / "llamafactory", resolve_model(config.student), config, name)
-    trainer.train()
+    checkpoint = last_checkpoint(out) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trained = trainer.model
     if config.lora:
         trained.save_pretrained(out / "adapter")
