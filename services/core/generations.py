@@ -69,17 +69,15 @@ class GenerationStore:
             self._mark = "?"
             self._upsert = "INSERT OR REPLACE INTO generations (k, v, job, size, created, used) VALUES (?, ?, ?, ?, ?, ?)"
         elif url.startswith(("postgresql://", "postgres://")):
-            import psycopg
-
-            self._db = psycopg.connect(url, autocommit=True)
-            # a commit lost to a server crash costs one request more, never a wrong answer
-            self._db.execute("SET synchronous_commit = off")
+            self._db = self._connect_postgres()
             self._mark = "%s"
             self._upsert = ("INSERT INTO generations (k, v, job, size, created, used) VALUES (%s, %s, %s, %s, %s, %s) "
                             "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, job = EXCLUDED.job, size = EXCLUDED.size, "
                             "created = EXCLUDED.created, used = EXCLUDED.used")
         else:
             raise ValueError(f"generation store must be sqlite:///PATH or postgresql://..., got {url.split(':')[0]!r}")
+        self._postgres = self._mark == "%s"
+        self._in_transaction = False
         self._pending: dict[str, tuple] = {}
         self._wake = threading.Event()
         self._closed = False
@@ -90,7 +88,34 @@ class GenerationStore:
                           "used DOUBLE PRECISION NOT NULL)")
             self._execute("CREATE INDEX IF NOT EXISTS generations_used ON generations (used)")
 
+    def _connect_postgres(self):
+        import psycopg
+
+        db = psycopg.connect(self.url, autocommit=True)
+        # a commit lost to a server crash costs one request more, never a wrong answer
+        db.execute("SET synchronous_commit = off")
+        return db
+
+    def _reconnect_if_lost(self) -> bool:
+        """Open the PostgreSQL connection again when it was lost (server restart, failover, an idle
+        connection dropped): a worker process keeps its store for life. True if it was lost."""
+        if self._postgres and self._db.closed:
+            self._db = self._connect_postgres()
+            return True
+        return False
+
     def _execute(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        if self._in_transaction:  # a lost connection fails the whole transaction: flush retries it
+            return self._run(sql, args)
+        self._reconnect_if_lost()
+        try:
+            return self._run(sql, args)
+        except Exception:
+            if not self._reconnect_if_lost():  # the statement failed on a live connection: its own error
+                raise
+            return self._run(sql, args)
+
+    def _run(self, sql: str, args: Sequence) -> list[tuple]:
         cursor = self._db.execute(sql.replace("?", self._mark), tuple(args))
         return cursor.fetchall() if cursor.description else []
 
@@ -105,8 +130,13 @@ class GenerationStore:
                 raise
             self._db.execute("COMMIT")
         else:
-            with self._db.transaction():
-                yield
+            self._reconnect_if_lost()
+            self._in_transaction = True
+            try:
+                with self._db.transaction():
+                    yield
+            finally:
+                self._in_transaction = False
 
     def get(self, key: str, *, job: str | None = None) -> dict | None:
         """The answer stored under ``key`` (with ``job``: only one that job made), or None."""
@@ -161,14 +191,26 @@ class GenerationStore:
             if not self._pending:
                 return
             rows, self._pending = list(self._pending.values()), {}
-            with self._transaction():
-                for row in rows:
-                    self._execute(self._upsert, row)
+            try:
+                self._commit(rows)
+            except Exception:
+                try:
+                    if not self._reconnect_if_lost():
+                        raise
+                    self._commit(rows)  # the connection was lost: once more on a new one
+                except Exception:
+                    self._pending = {row[0]: row for row in rows}  # kept for the next flush
+                    raise
             before = self._writes
             self._writes += len(rows)
             due = before // EVICT_EVERY != self._writes // EVICT_EVERY
         if due:
             self.evict()
+
+    def _commit(self, rows: list[tuple]) -> None:
+        with self._transaction():
+            for row in rows:
+                self._execute(self._upsert, row)
 
     def _flush_forever(self) -> None:
         while not self._closed:

@@ -87,6 +87,7 @@ def test_a_job_that_asked_for_fresh_answers_reads_only_its_own(store_url):
     fresh.put("mine", {"text": "mine"})
     assert fresh.get("mine") == {"text": "mine"} and fresh.get("old") == {"text": "fresh"}
     assert JobGenerations(store, "job-c").get("old") == {"text": "fresh"}
+    store.close()  # commits before the fixture drops the database (a failed commit stays pending)
 
 
 def test_age_bound_hides_and_evicts_old_answers(store_url):
@@ -135,3 +136,28 @@ def test_a_put_is_readable_at_once_and_committed_by_the_flusher_within_a_moment(
 def test_bad_store_url_is_a_clear_error():
     with pytest.raises(ValueError, match="sqlite:///PATH or postgresql://"):
         _open("mysql://x")
+
+
+def test_a_lost_postgresql_connection_is_opened_again(monkeypatch):
+    """A worker process keeps its store for life: after the server drops its connection (a restart,
+    a failover), reads and pending writes go through on a new connection instead of failing forever."""
+    monkeypatch.setattr(gen, "FLUSH_S", 60.0)  # only the explicit flush commits
+    admin, name, url = _postgres_database()
+
+    def drop_connections():
+        admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s", [name])
+
+    try:
+        store = _open(url)
+        store.put("k1", {"text": "4"}, job="j")
+        store.flush()
+        drop_connections()
+        assert store.get("k1") == {"text": "4"}
+        store.put("k2", {"text": "5"}, job="j")
+        drop_connections()
+        store.flush()
+        assert _open(url).get("k2") == {"text": "5"}
+        store.close()
+    finally:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()

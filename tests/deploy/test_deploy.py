@@ -8,6 +8,7 @@ its tests, except under ``CI=true`` where it fails them.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -24,8 +25,11 @@ CI = os.environ.get("CI", "").strip().lower() == "true"
 
 #: Kubernetes version whose schemas the rendered objects are validated against.
 K8S_VERSION = "1.32.0"
-#: Settings kept out of ConfigMaps and given only to the containers that need them.
-SECRET_VARS = {"PERSYN_API_KEYS"}
+#: Settings kept out of ConfigMaps (they carry credentials), each given only to the containers that need
+#: it: the API keys to the gateway, the generation store's URL (a PostgreSQL password) to the generation
+#: workers, the only ones that read or write the store.
+SECRET_HOLDERS = {"PERSYN_API_KEYS": {"gateway"}, "PERSYN_GENERATION_STORE": {"generation-worker"}}
+SECRET_VARS = set(SECRET_HOLDERS)
 #: Settings read outside ``Settings`` (services/core/settings.py CACHE_DIR).
 EXTRA_SETTINGS = {"PERSYN_CACHE_DIR"}
 PERSYN_ROLES = ("gateway", "router-service", "generation-worker", "scoring-worker", "training-worker", "flower")
@@ -53,20 +57,22 @@ def _is_ours(name: str) -> bool:
     return name.startswith("PERSYN_") or name == "REDIS_URL"
 
 
-def settings_problems(envs: dict[str, set[str]], *, secret_holders: set[str]) -> list[str]:
+def settings_problems(envs: dict[str, set[str]],
+                      secret_holders: dict[str, set[str]] = SECRET_HOLDERS) -> list[str]:
     """Drift between the settings (``ENV_VARS``) and the environments of the deployed containers.
 
-    ``envs`` maps a container to the names of its environment variables; ``secret_holders`` are the
-    containers that must also get ``SECRET_VARS``."""
+    ``envs`` maps a container to the names of its environment variables; ``secret_holders`` maps each
+    secret setting to the containers that must get it (and no other may)."""
     problems = []
     for name, keys in sorted(envs.items()):
-        need = REQUIRED - SECRET_VARS | (SECRET_VARS if name in secret_holders else set())
+        own_secrets = {var for var, holders in secret_holders.items() if name in holders}
+        need = REQUIRED - set(secret_holders) | own_secrets
         for var in sorted(need - keys):
             problems.append(f"{name}: setting {var} is not set")
         for var in sorted(k for k in keys if _is_ours(k) and k not in KNOWN):
             problems.append(f"{name}: {var} is not a known setting (services/core/settings.py ENV_VARS, "
                             f"PERSYN_CACHE_DIR or docker/entrypoint.sh ENTRYPOINT_ENV_VARS)")
-        for var in sorted(keys & SECRET_VARS - ({v for v in SECRET_VARS} if name in secret_holders else set())):
+        for var in sorted(keys & set(secret_holders) - own_secrets):
             problems.append(f"{name}: secret {var} given to a container that does not need it")
     assert envs, "no PerSyn containers found"
     return problems
@@ -75,12 +81,19 @@ def settings_problems(envs: dict[str, set[str]], *, secret_holders: set[str]) ->
 def test_settings_problems_catches_drift():
     """The consistency check itself: a missing setting and an unknown PERSYN_ variable are reported."""
     full = REQUIRED | SECRET_VARS
-    assert settings_problems({"gateway": set(full)}, secret_holders={"gateway"}) == []
+    everyone = {var: {"gateway"} for var in SECRET_VARS}
+    assert settings_problems({"gateway": set(full)}, everyone) == []
     dropped = sorted(REQUIRED)[0]
-    assert any(dropped in p for p in settings_problems({"gateway": full - {dropped}}, secret_holders={"gateway"}))
+    assert any(dropped in p for p in settings_problems({"gateway": full - {dropped}}, everyone))
     assert any("PERSYN_NOT_A_SETTING" in p for p in
-               settings_problems({"gateway": full | {"PERSYN_NOT_A_SETTING"}}, secret_holders={"gateway"}))
-    assert any("secret" in p for p in settings_problems({"worker": set(full)}, secret_holders=set()))
+               settings_problems({"gateway": full | {"PERSYN_NOT_A_SETTING"}}, everyone))
+    assert any("secret" in p for p in settings_problems({"worker": set(full)}, everyone))
+    # Each secret to its own holders: the store's URL is missing on its worker, and leaks to the gateway.
+    split = {"PERSYN_API_KEYS": {"gateway"}, "PERSYN_GENERATION_STORE": {"worker"}}
+    problems = settings_problems({"gateway": set(full), "worker": full - SECRET_VARS}, split)
+    assert any("gateway: secret PERSYN_GENERATION_STORE" in p for p in problems), problems
+    assert any("worker: setting PERSYN_GENERATION_STORE is not set" in p for p in problems), problems
+    assert not any("PERSYN_API_KEYS" in p for p in problems), problems
 
 
 # --------------------------------------------------------------------------- docker compose
@@ -132,7 +145,7 @@ def test_compose_services_and_roles(compose):
 
 def test_compose_settings_consistency(compose):
     envs = {n: set((s.get("environment") or {}).keys()) for n, s in _persyn_services(compose).items()}
-    assert settings_problems(envs, secret_holders={"gateway"}) == []
+    assert settings_problems(envs) == []
     for name, svc in _persyn_services(compose).items():  # the values parse
         Settings.from_env({k: str(v) for k, v in svc["environment"].items()})
     # No PerSyn variable leaks into other containers unnoticed.
@@ -185,6 +198,20 @@ def test_compose_structure(compose):
         assert _served_name(svc["command"]), f"{name}: --served-model-name"
 
 
+def test_compose_generation_store(compose):
+    """On one host the generation store is SQLite on the `persyn-data` volume every generation worker
+    mounts, so scaled workers share it and it outlives the containers."""
+    worker = compose["services"]["generation-worker"]
+    env = {k: str(v) for k, v in worker["environment"].items()}
+    assert env["PERSYN_GENERATION_STORE"] == ""
+    url = Settings.from_env(env).generation_store_url
+    assert url == f"sqlite:///{env['PERSYN_DATA_DIR']}/generations.sqlite"
+    sources = {(v["source"] if isinstance(v, dict) else v.split(":")[0]): (v["target"] if isinstance(v, dict)
+               else v.split(":")[1]) for v in worker["volumes"]}
+    assert sources.get("persyn-data") == env["PERSYN_DATA_DIR"]
+    assert "persyn-data" in compose["volumes"]
+
+
 def test_compose_default_services(compose):
     """`docker compose up` without a profile starts Redis and the PerSyn roles, no vLLM server."""
     default = {n for n, svc in compose["services"].items() if not svc.get("profiles")}
@@ -216,18 +243,19 @@ def _render(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     out = {name: _render(ROOT / "k8s/overlays" / name) for name in ("dev", "gpu")}
-    # The external-Redis component on top of the gpu overlay (kustomize wants relative paths).
+    # Each external-service component on top of the gpu overlay (kustomize wants relative paths).
     tree = tmp_path_factory.mktemp("k8s") / "k8s"
     shutil.copytree(ROOT / "k8s", tree)
-    overlay = tree / "overlays/external-redis-test"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        "resources: [../gpu]\ncomponents: [../../components/external-redis]\n")
-    out["external-redis"] = _render(overlay)
+    for component in ("external-redis", "external-postgres"):
+        overlay = tree / f"overlays/{component}-test"
+        overlay.mkdir()
+        (overlay / "kustomization.yaml").write_text(
+            f"resources: [../gpu]\ncomponents: [../../components/{component}]\n")
+        out[component] = _render(overlay)
     return out
 
 
-OVERLAYS = ("dev", "gpu", "external-redis")
+OVERLAYS = ("dev", "gpu", "external-redis", "external-postgres")
 
 
 def _of(objs, kind):
@@ -332,10 +360,12 @@ def test_k8s_settings_consistency(rendered, overlay):
     containers = _persyn_containers(objs)
     assert set(containers) == set(PERSYN_ROLES)
     envs = {n: set(_container_env(objs, c)) for n, c in containers.items()}
-    assert settings_problems(envs, secret_holders={"gateway"}) == []
-    # The API keys come from a Secret, never from a ConfigMap or a literal.
-    ref = _container_env(objs, containers["gateway"])["PERSYN_API_KEYS"]
-    assert isinstance(ref, dict) and "secretKeyRef" in ref, "PERSYN_API_KEYS must be a secretKeyRef"
+    assert settings_problems(envs) == []
+    # The API keys and the store's URL come from Secrets, never from a ConfigMap or a literal.
+    for var, holders in SECRET_HOLDERS.items():
+        for holder in holders:
+            ref = _container_env(objs, containers[holder])[var]
+            assert isinstance(ref, dict) and "secretKeyRef" in ref, f"{holder}: {var} must be a secretKeyRef"
     cm_data = _settings_cm(objs)["data"]
     assert not set(cm_data) & SECRET_VARS
     assert not [k for k in cm_data if _is_ours(k) and k not in KNOWN]
@@ -449,12 +479,17 @@ def test_pdbs_and_storage(rendered, overlay):
         labels = o["spec"]["template"]["metadata"]["labels"]
         matching = [p for p in pdbs if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert len(matching) == 1, f"{o['kind']}/{o['metadata']['name']}: {len(matching)} PodDisruptionBudgets"
+    statefulsets = {o["metadata"]["name"]: o for o in _of(objs, "StatefulSet")}
     if overlay != "external-redis":
-        redis = _named(objs, "StatefulSet", "redis")
+        redis = statefulsets["redis"]
         assert redis["spec"]["volumeClaimTemplates"]
         assert "--appendonly" in redis["spec"]["template"]["spec"]["containers"][0]["args"]
     else:
-        assert not _of(objs, "StatefulSet")
+        assert "redis" not in statefulsets
+    if overlay != "external-postgres":
+        assert statefulsets["postgres"]["spec"]["volumeClaimTemplates"]
+    else:
+        assert "postgres" not in statefulsets
     pvc = _named(objs, "PersistentVolumeClaim", "router-artifacts")
     assert pvc["spec"]["accessModes"] == (["ReadWriteOnce"] if overlay == "dev" else ["ReadWriteMany"])
     for name, read_only in (("gateway", True), ("router-service", True), ("training-worker", False)):
@@ -464,6 +499,74 @@ def test_pdbs_and_storage(rendered, overlay):
                   if vols[m["name"]].get("persistentVolumeClaim", {}).get("claimName") == "router-artifacts"]
         assert len(mounts) == 1 and mounts[0]["mountPath"] == "/var/lib/persyn/routers", name
         assert bool(mounts[0].get("readOnly")) is read_only, name
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist)
+    selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        ok = {"In": present and value in e.get("values", []), "NotIn": not present or value not in e.get("values", []),
+              "Exists": present, "DoesNotExist": not present}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def test_selects():
+    labels = {"app.kubernetes.io/name": "postgres"}
+    assert _selects({}, labels)
+    assert not _selects({"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "NotIn",
+                                               "values": ["postgres"]}]}, labels)
+    assert _selects({"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
+                                           "values": ["postgres"]}]}, labels)
+    assert not _selects({"matchLabels": {"app.kubernetes.io/name": "redis"}}, labels)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_generation_store_postgres(rendered, overlay):
+    """The generation store of a cluster: PostgreSQL, its URL from a Secret for the generation workers,
+    and reachable from those workers only."""
+    objs = rendered[overlay]
+    worker = _persyn_containers(objs)["generation-worker"]
+    ref = _container_env(objs, worker)["PERSYN_GENERATION_STORE"]
+    assert ref == {"secretKeyRef": {"name": "persyn-postgres", "key": "url"}}
+    if overlay == "external-postgres":
+        assert not [o for o in objs if o["metadata"]["name"].startswith("postgres")]
+        return
+    pg = _named(objs, "StatefulSet", "postgres")
+    pod = pg["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["image"].startswith("postgres:")
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["POSTGRES_PASSWORD"] == {"secretKeyRef": {"name": "persyn-postgres", "key": "password"}}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {t["metadata"]["name"] for t in pg["spec"]["volumeClaimTemplates"]}
+    assert env["PGDATA"].startswith("/var/lib/postgresql/data/") and mounts["/var/lib/postgresql/data"] in claims
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][0] == "pg_isready", probe
+    service = _named(objs, "Service", "postgres")
+    assert service["spec"]["ports"][0]["port"] == 5432
+    assert _selects({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
+    # Ingress to PostgreSQL: from generation worker pods on 5432, from nothing else in or out of the namespace.
+    pg_labels = pod["metadata"]["labels"]
+    allowed = [r for p in _of(objs, "NetworkPolicy") if _selects(p["spec"]["podSelector"], pg_labels)
+               for r in p["spec"].get("ingress", [])]
+    assert allowed
+    for rule in allowed:
+        assert [p["port"] for p in rule.get("ports", [])] == [5432], rule
+        for peer in rule.get("from", []):
+            assert set(peer) == {"podSelector"}, f"PostgreSQL open to {peer}"
+            reached = {o["metadata"]["name"] for o in _workloads(objs)
+                       if _selects(peer["podSelector"], o["spec"]["template"]["metadata"]["labels"])}
+            assert reached == {"generation-worker"}, reached
+    if overlay == "dev":  # the generated Secret: a URL that parses, holding the server's password
+        secret = _named(objs, "Secret", "persyn-postgres")
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        url = Settings.from_env({"PERSYN_GENERATION_STORE": data["url"]}).generation_store_url
+        assert url.startswith("postgresql://persyn:") and f":{data['password']}@postgres:5432/" in url
 
 
 # --------------------------------------------------------------------------- teacher pool, images
