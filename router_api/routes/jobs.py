@@ -8,26 +8,33 @@ from __future__ import annotations
 import json
 from typing import Annotated, Iterator
 
+import anyio.from_thread
+import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from services.core.settings import Settings
+from services.jobs import pricing
 from services.jobs import stages as jobs
 from services.jobs.store import JobStore
 from services.method.export import to_alpaca, to_sharegpt
 from services.method.formats import Teacher
+from services.routing.client import RouterClient
 
-from ..deps import Caller, CallerDep, OwnedJobId, SettingsDep, StoreDep, TeachersDep, owned
+from ..deps import Caller, CallerDep, OwnedJobId, RouterClientDep, SettingsDep, StoreDep, TeachersDep, owned
 from ..errors import BadJSON, StrictJSONRoute, error_responses, loads_strict, validation_message
-from ..protocol import DatasetFormat, JobCreate, JobDescription, JobSpec, PromptIn, assign_ids
+from ..protocol import DatasetFormat, DryRunEstimate, JobCreate, JobDescription, JobSpec, PromptIn, assign_ids
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
-_SUBMIT_ERRORS = error_responses(
-    401, 404, 409, 413, 422, 503, e404="unknown student",
-    e409="a synthesis whose strategy needs the student's calibration")
+_SUBMIT_ERRORS = {
+    **error_responses(401, 404, 409, 413, 422, 503, e404="unknown student",
+                      e409="a synthesis whose strategy needs the student's calibration, or a dry run or budget "
+                           "its router cannot price (no active router, no output-token statistics)",
+                      e422="invalid input, or a budget even the cheapest teacher breaks"),
+    200: {"model": DryRunEstimate, "description": "dry_run: the priced plan (nothing was started or stored)"}}
 _JOB_ERRORS = error_responses(401, 404, 422, 503, e404="unknown job")
 
 
@@ -35,9 +42,10 @@ def _too_large(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail)
 
 
-def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Teacher], caller: Caller) -> dict:
+def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Teacher], caller: Caller,
+            router: RouterClient) -> dict | JSONResponse:
     """Checks that need the service's state (limits, student, pool, router), then hands over to the job layer
-    (which creates the job already owned by the caller's tenant)."""
+    (which creates the job already owned by the caller's tenant), or prices it (a dry run)."""
     if len(body.prompts) > settings.max_job_prompts:
         raise _too_large(f"{len(body.prompts)} prompts; at most {settings.max_job_prompts} per job")
     for prompt in body.prompts:
@@ -56,21 +64,54 @@ def _submit(body: JobCreate, settings: Settings, store: JobStore, pool: list[Tea
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"strong_teacher {body.strong_teacher!r} is not among the job's teachers "
                             f"({', '.join(chosen) or 'none'})")
+    spec, prompts = body.model_dump(exclude={"prompts", "dry_run"}), [p.to_job() for p in body.prompts]
     try:
-        job_id = jobs.submit_job(store, settings, body.model_dump(exclude={"prompts"}),
-                                 [p.to_job() for p in body.prompts], owner=caller.tenant)
-    except jobs.NeedsCalibration as exc:
+        if body.dry_run:
+            jobs.check_job(store, settings, spec, prompts)
+            return JSONResponse(_dry_run(spec, body.prompts, settings, store, pool, router))
+        job_id = jobs.submit_job(store, settings, spec, prompts, owner=caller.tenant)
+    except (jobs.NeedsCalibration, pricing.NeedsCostStats) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except ValueError as exc:
+    except ValueError as exc:  # BudgetInfeasible too
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return jobs.describe_job(store, job_id, settings)
 
 
+def _dry_run(spec: dict, prompts: list[PromptIn], settings: Settings, store: JobStore, pool: list[Teacher],
+             router: RouterClient) -> dict:
+    """The priced plan from the student's active router, routed in this process (reads only)."""
+    found = pricing.active_stats(store, spec["student_id"])
+    if found is None:
+        raise pricing.NeedsCostStats(
+            f"a dry run prices from student {spec['student_id']!r}'s calibration, and it has no active router: "
+            "run a calibrate job first (a persyn job's calibration cost depends on what it finds)")
+    version, _, stats = found
+    names = [t.name for t in pool if not spec.get("teachers") or t.name in spec["teachers"]]
+    strengths = None
+    if spec.get("strategy", "persyn") == "persyn":
+        strengths = np.vstack([_strengths(router, spec["student_id"], [p.prompt for p in prompts[i:i + step]], names)
+                               for step in [settings.route_chunk_prompts] for i in range(0, len(prompts), step)])
+    student = store.get_student(spec["student_id"])
+    plan = pricing.dry_run(spec, pool, stats, strengths, len(prompts), settings.route_chunk_prompts,
+                           spec.get("student_family") or student["family"])
+    return DryRunEstimate.model_validate({**plan, "router_version": version}).model_dump(mode="json")
+
+
+def _strengths(router: RouterClient, student_id: str, prompts: list[str], names: list[str]) -> np.ndarray:
+    """[prompt, teacher] strengths from the gateway's router client (its event loop does the routing)."""
+    batch = anyio.from_thread.run(router.route, student_id, prompts, len(names))
+    missing = [t for t in names if batch.results and t not in batch.results[0].strengths]
+    if missing:
+        raise pricing.NeedsCostStats(f"router {batch.version} does not know teacher(s) {', '.join(missing)}")
+    return np.array([[r.strengths[t] for t in names] for r in batch.results])
+
+
 @router.post("", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED, summary="Submit a job",
              responses=_SUBMIT_ERRORS)
-def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
-    """Queued at once; poll ``GET /v1/jobs/{id}`` for progress."""
-    return _submit(body, settings, store, pool, caller)
+def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep,
+               router: RouterClientDep) -> dict:
+    """Queued at once; poll ``GET /v1/jobs/{id}`` for progress. ``dry_run``: 200 with the priced plan instead."""
+    return _submit(body, settings, store, pool, caller, router)
 
 
 def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
@@ -112,7 +153,8 @@ def _upload_prompts(file: UploadFile, limit: int) -> list[PromptIn]:
              responses={**_SUBMIT_ERRORS, **error_responses(400, e400="broken multipart body or a spec over 1 MB")})
 def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON job body without prompts)")],
                file: Annotated[UploadFile, File(description="JSONL: one {id?, prompt, reference?} per line")],
-               settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
+               settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep,
+               router: RouterClientDep) -> dict:
     """For prompt sets too big to send as one JSON body."""
     try:
         parsed = JobSpec.model_validate(loads_strict(spec, "body.spec"))
@@ -121,7 +163,7 @@ def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON 
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", "spec", *e["loc"])} for e in exc.errors()]) from None
     prompts = _upload_prompts(file, settings.max_job_prompts)
-    return _submit(JobCreate(**dict(parsed), prompts=prompts), settings, store, pool, caller)
+    return _submit(JobCreate(**dict(parsed), prompts=prompts), settings, store, pool, caller, router)
 
 
 @router.get("/{job_id}", response_model=JobDescription, summary="Job state and progress", responses=_JOB_ERRORS)

@@ -100,8 +100,22 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
                owner: str = DEFAULT_TENANT) -> str:
     """Check what needs the service's state, create the job and start its first stage.
 
-    Raises ValueError for a job that cannot run here and NeedsCalibration when the
-    student has no router yet; nothing is created in either case.
+    Raises what :func:`check_job` raises; nothing is created then.
+    """
+    calibrate = check_job(store, settings, spec, prompts)
+    ids = [p["id"] for p in prompts]
+    plan = {"calibration": calibration_sample(ids, spec.get("calibration_size", 2500), spec.get("seed", 0))
+            if calibrate else []}
+    job_id = store.create_job(spec["kind"], {**spec, **plan}, prompts, owner=owner)
+    advance(store, job_id, None, settings)
+    return job_id
+
+
+def check_job(store: JobStore, settings: Settings, spec: dict, prompts: list[dict]) -> bool:
+    """Whether the job can run here (reads only); returns whether it calibrates first.
+
+    Raises ValueError for a job that cannot run here, NeedsCalibration when the student has no
+    router yet and :class:`services.jobs.pricing.NeedsCostStats` for limits its router cannot price.
     """
     if spec["kind"] not in JOB_KINDS:
         raise ValueError(f"unknown job kind {spec['kind']!r}")
@@ -114,6 +128,9 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
             and not (strategy == "strong" and spec.get("strong_teacher")):
         raise NeedsCalibration(f"strategy {strategy!r} needs student {spec['student_id']!r}'s calibration: "
                                "run a calibrate job first (or submit kind 'persyn')")
+    from services.jobs.pricing import check_limits
+
+    check_limits(store, spec, len(prompts), teacher_pool_cached(settings.teacher_pool))
     calibrate = spec["kind"] == "calibrate" or (spec["kind"] == "persyn" and not has_router)
     scores = calibrate or (spec["kind"] != "calibrate" and strategy in GENERATE_THEN_SELECT)
     if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None:
@@ -121,12 +138,7 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
         if missing:
             raise ValueError(f"prompt {missing[0]!r} has no reference: quality needs references (math-verify) "
                              "or a reward model (PERSYN_REWARD_MODEL)")
-    ids = [p["id"] for p in prompts]
-    plan = {"calibration": calibration_sample(ids, spec.get("calibration_size", 2500), spec.get("seed", 0))
-            if calibrate else []}
-    job_id = store.create_job(spec["kind"], {**spec, **plan}, prompts, owner=owner)
-    advance(store, job_id, None, settings)
-    return job_id
+    return calibrate
 
 
 def _start(store: JobStore, settings: Settings, job_id: str, stage: str,
@@ -207,6 +219,7 @@ def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy:
     # generate is filled as the routing chunks finish
     if not store.start_stages(job_id, [("route", len(units)), ("generate", len(prompt_ids))]):
         return  # a redelivered task already opened them
+    store.update_job(job_id, n_routed=len(prompt_ids))  # the prompts a budget is shared over
     enqueue_many([(task, args, queue) for _, task, args, queue in units])
     if not units:
         conclude(store, job_id, settings=settings)
@@ -320,7 +333,7 @@ def expire_finished(store: JobStore, job_id: str, settings: Settings) -> None:
     working = [store._k("job", job_id, "results", kind) for kind in ("gen", "score", "assign")]
     working += [store._k("job", job_id, "attempts"), store._k("job", job_id, "redeliveries")]
     retained = [store._k("job", job_id)] + [store._k("job", job_id, part) for part in (
-        "prompts", "order", "stages", "errors", "rows", "alloc", "usage", "failures")]
+        "prompts", "order", "stages", "errors", "rows", "alloc", "usage", "failures", "routing")]
     for stage in stages:
         working += [store._k("job", job_id, "stage", stage, "items")]
         working += [store._k("job", job_id, part, stage) for part in ("plan", "inflight", "retrying", "suspects")]
@@ -347,6 +360,8 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         costs = {t.name: t.cost_per_1m_output for t in teacher_pool_cached(settings.teacher_pool)}
     usage = {t: {**u, "cost": round(u.get("completion_tokens", 0) * costs.get(t, 0.0) / 1e6, 6)}
              for t, u in store.usage(job_id).items()}
+    from services.jobs.pricing import routing_report
+
     leases = Leases(store)
     stages = [{**s, **leases.stage_health(job_id, s["stage"])} for s in store.stage_progress(job_id)]
     running = [s["stage"] for s in stages if s["finished"] is None]
@@ -357,6 +372,7 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         "n_prompts": store.prompt_count(job_id), "n_calibration": len(spec.get("calibration", [])),
         "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),
+        "routing_cost": routing_report(store, job_id, spec, sum(u["cost"] for u in usage.values())),
         "router_version": job.get("router_version") or None,
         "router_gate": json.loads(job["router_gate"]) if job.get("router_gate") else None,
         "error": job.get("error") or None,
