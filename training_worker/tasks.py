@@ -21,10 +21,10 @@ from services.jobs.stages import (
     plan_routed_generation,
     routing_failure_items,
 )
+from services.method.allocation import ChunkRoute, Limits, route_chunk
 from services.method.gate import GateResult, best_single_teacher, hits_of_choice, publish_gate
 from services.method.pairs import make_pairs
 from services.method.rewards import mean_per_teacher
-from services.method.allocation import ChunkRoute, Limits, route_chunk
 from services.routing.model import Router
 from services.routing.training import TrainConfig, split_prompts, train_router
 
@@ -187,3 +187,37 @@ def _assign(job_id: str, prompts: list[dict]) -> ChunkRoute:
                        families={t.name: t.family for t in pool},
                        student_family=spec.get("student_family") or student["family"],
                        strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0))
+
+
+@app.task(name=ROUTE_TASK)
+def route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
+    return rt.run_item(job_id, "route", unit, lambda: _route(job_id, unit, prompt_ids))
+
+
+def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
+    """Route one chunk of prompts, then start their generation at once."""
+    store, settings = rt.store(), rt.settings()
+    if not store.is_active(job_id):
+        return "skipped: job ended"
+    assigned = store.results_for(job_id, "assign", prompt_ids)
+    todo = [pid for pid in prompt_ids if pid not in assigned]
+    if todo:
+        prompts = store.prompts(job_id, todo)
+        try:
+            routed = _assign(job_id, prompts)
+        except TRANSIENT_REDIS_ERRORS:
+            raise  # retried by run_item
+        except Exception as exc:  # noqa: BLE001 - the chunk's prompts fail with the reason, the job goes on
+            reason = f"routing: {type(exc).__name__}: {exc}"
+            rt.finish_item(job_id, "route", unit, ok=False, error=reason)
+            rt.finish_items(job_id, "generate", [(item, False, reason) for item in routing_failure_items(todo)])
+            return "failed"
+        written = store.put_results(job_id, "assign",
+                                    {p["id"]: {"teacher": t} for p, t in zip(prompts, routed.teachers)})
+        add_routing_cost(store, job_id, routed, [written[p["id"]] for p in prompts])
+        assigned = store.results_for(job_id, "assign", prompt_ids)
+    messages = plan_routed_generation(store, settings, job_id, unit,
+                                      [(pid, assigned[pid]["teacher"]) for pid in prompt_ids])
+    rt.finish_item(job_id, "route", unit)
+    enqueue_many(messages)
+    return "done"
