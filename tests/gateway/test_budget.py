@@ -179,3 +179,21 @@ def test_an_upload_dry_run_prices_like_the_json_one(stack):
     assert upload.status_code == 200, upload.text
     direct = client.post("/v1/jobs", json=_body(dry_run=True, budget_usd=0.01)).json()
     assert upload.json()["teachers"] == direct["teachers"]
+
+
+def test_the_cli_dry_run_prints_the_plan_and_starts_nothing(stack, store, tmp_path, capsys):
+    from services.cli.main import main
+
+    client, fakes = stack
+    spec, prompts = tmp_path / "spec.json", tmp_path / "prompts.jsonl"
+    spec.write_text(json.dumps({"kind": "synthesize", "student_id": STUDENT, "budget_usd": 0.01}))
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    before, calls = _keys(store), _teacher_calls(fakes)
+    assert main(["jobs", "submit", str(spec), str(prompts), "--dry-run", "--url", str(client.base_url)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert _keys(store) == before and _teacher_calls(fakes) == calls
+    direct = client.post("/v1/jobs", json=_body(dry_run=True, budget_usd=0.01)).json()
+    assert plan["teachers"] == direct["teachers"] and plan["total"]["cost_usd"] <= 0.01
+    spec.write_text(json.dumps({"kind": "synthesize", "student_id": STUDENT, "budget_usd": -1}))
+    assert main(["jobs", "submit", str(spec), str(prompts), "--dry-run", "--url", str(client.base_url)]) != 0
+    assert "job rejected (422)" in capsys.readouterr().err
