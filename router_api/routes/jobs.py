@@ -88,7 +88,7 @@ def _dry_run(spec: dict, prompts: list[PromptIn], settings: Settings, store: Job
     version, _, stats = found
     names = [t.name for t in pool if not spec.get("teachers") or t.name in spec["teachers"]]
     strengths = None
-    if spec.get("strategy", "persyn") == "persyn":
+    if spec.get("strategy", "persyn") == "persyn" and spec["kind"] != "calibrate":
         strengths = np.vstack([_strengths(router, spec["student_id"], [p.prompt for p in prompts[i:i + step]], names)
                                for step in [settings.route_chunk_prompts] for i in range(0, len(prompts), step)])
     student = store.get_student(spec["student_id"])

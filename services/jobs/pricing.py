@@ -122,8 +122,9 @@ def check_limits(store: JobStore, spec: dict, n_prompts: int, pool: list) -> Non
 
 def dry_run(spec: dict, pool: list, stats: dict, strengths: np.ndarray | None, n_prompts: int, chunk: int,
             student_family: str | None) -> dict:
-    """The priced plan of a synthesis: per teacher the prompts it would get, expected output tokens and
-    dollars, the total, and Generate-then-Select's price for the same prompts. Routes chunk by chunk as
+    """The priced plan of a job: per teacher the prompts it would get, expected output tokens and dollars,
+    the total, and Generate-then-Select's price for the same prompts (a calibrate job: its calibration
+    sample, every teacher). Routes chunk by chunk as
     the training worker does (same chunks, same shares of the limits, same seeds), so the allocation is
     the one the job would route. Raises NeedsCostStats without output-token statistics."""
     from services.jobs.stages import GENERATE_THEN_SELECT
@@ -141,10 +142,10 @@ def dry_run(spec: dict, pool: list, stats: dict, strengths: np.ndarray | None, n
     gts = {"generations": n_prompts * len(names), "output_tokens": float(tokens.sum() * n_prompts),
            "cost_usd": float(usd.sum() * n_prompts)}
     routing = None
-    if strategy in GENERATE_THEN_SELECT:
+    if spec["kind"] == "calibrate" or strategy in GENERATE_THEN_SELECT:  # every teacher answers each prompt
+        n = min(spec.get("calibration_size", n_prompts), n_prompts) if spec["kind"] == "calibrate" else n_prompts
         for i, t in enumerate(names):
-            per[t] = {"prompts": n_prompts, "output_tokens": float(tokens[i] * n_prompts),
-                      "cost_usd": float(usd[i] * n_prompts)}
+            per[t] = {"prompts": n, "output_tokens": float(tokens[i] * n), "cost_usd": float(usd[i] * n)}
     else:
         sums = dict.fromkeys(ROUTING_FIELDS[1:], 0.0)
         for start in range(0, n_prompts, chunk):

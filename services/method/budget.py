@@ -69,7 +69,7 @@ def _as_costs(costs, n_teachers: int) -> np.ndarray:
 
 def lagrangian_choice(utility: np.ndarray, priced: np.ndarray, lam: float) -> np.ndarray:
     """``argmax_m u[i, m] - lam * priced[m]`` per prompt; ties go to the cheaper teacher."""
-    value = utility - lam * priced[None, :]
+    value = utility - lam * priced[None, :] if lam else utility
     best = value.max(axis=1, keepdims=True)
     tied = np.where(value >= best, priced[None, :], np.inf)
     return tied.argmin(axis=1)
@@ -91,7 +91,7 @@ def route_within_budget(utility, costs, budgets) -> BudgetRoute:
     b = np.atleast_1d(np.asarray(budgets, dtype=np.float64))
     if b.shape != (c.shape[0],) or not (b > 0).all():
         raise ValueError(f"one budget > 0 per limit: {c.shape[0]} limit(s), got {b.tolist()}")
-    priced = (c / b[:, None]).sum(axis=0)  # each limit in units of its budget
+    priced = np.minimum((c / b[:, None]).sum(axis=0), 1e300)  # each limit in units of its budget (finite)
     rows = np.arange(u.shape[0])
     curve: dict[float, CurvePoint] = {}
 

@@ -76,7 +76,8 @@ def _wait(client, job_id, timeout=300):
     raise AssertionError(f"job {job_id} did not end: {job}")
 
 
-@pytest.mark.parametrize("spec", [{}, {"budget_usd": 0.01}, {"strategy": "oracle", "alpha": 1.0}, {"strategy": "mix"}])
+@pytest.mark.parametrize("spec", [{}, {"budget_usd": 0.01}, {"strategy": "oracle", "alpha": 1.0}, {"strategy": "mix"},
+                                  {"kind": "calibrate", "calibration_size": 10, "alpha": 1.0}])
 def test_a_dry_run_calls_no_teacher_and_stores_nothing(stack, store, spec):
     client, fakes = stack
     before, calls = _keys(store), _teacher_calls(fakes)
@@ -94,6 +95,9 @@ def test_a_dry_run_calls_no_teacher_and_stores_nothing(stack, store, spec):
     assert gts["cost_usd"] == pytest.approx(len(PROMPTS) * (1e-3 + 4e-4 + 2e-5))
     if spec.get("strategy") == "oracle":  # generate-then-select: every teacher, every prompt
         assert plan["total"]["cost_usd"] == pytest.approx(gts["cost_usd"])
+    elif spec.get("kind") == "calibrate":  # every teacher answers the calibration sample
+        assert plan["total"]["prompts"] == 3 * 10
+        assert plan["total"]["cost_usd"] == pytest.approx(10 * (1e-3 + 4e-4 + 2e-5))
     else:
         assert plan["total"]["prompts"] == len(PROMPTS)
 
