@@ -89,8 +89,9 @@ def _dry_run(spec: dict, prompts: list[PromptIn], settings: Settings, store: Job
     names = [t.name for t in pool if not spec.get("teachers") or t.name in spec["teachers"]]
     strengths = None
     if spec.get("strategy", "persyn") == "persyn" and spec["kind"] != "calibrate":
+        step = settings.route_chunk_prompts  # the worker's chunks: the same batches give the same strengths
         strengths = np.vstack([_strengths(router, spec["student_id"], [p.prompt for p in prompts[i:i + step]], names)
-                               for step in [settings.route_chunk_prompts] for i in range(0, len(prompts), step)])
+                               for i in range(0, len(prompts), step)])
     student = store.get_student(spec["student_id"])
     plan = pricing.dry_run(spec, pool, stats, strengths, len(prompts), settings.route_chunk_prompts,
                            spec.get("student_family") or student["family"])
