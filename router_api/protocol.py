@@ -174,6 +174,19 @@ class JobSpec(BaseModel):
                           "messages and decoding) answered before, by any job, is not sent again. false: fresh "
                           "answers (the job still reuses its own, e.g. after a crash); every answer is stored.")
     seed: int = 0
+    budget_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="Bound on the expected dollars of the routed generation (strategy persyn): routing "
+                          "maximises the summed router strengths within it, each teacher's expected cost per "
+                          "prompt being its mean output tokens in the student's calibration times its "
+                          "cost_per_1m_output. Calibration is not counted. 422 when even the cheapest teacher "
+                          "for every prompt is expected to cost more (known at submit once the student has a "
+                          "router; a persyn job that calibrates first fails its routing with that reason).")
+    max_output_tokens_total: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Bound on the expected output tokens of the routed generation (strategy persyn), "
+                          "like budget_usd; both may be set.")
+    dry_run: bool = Field(
+        False, description="Answer at once (200) with the priced plan (DryRunEstimate): no teacher call, "
+                           "nothing stored. Needs the student's active router (409 without one).")
 
 
 class JobCreate(JobSpec):
@@ -249,6 +262,58 @@ class StageProgress(BaseModel):
     given_up: int = Field(0, description="items failed after too many redeliveries")
 
 
+class RoutingCost(BaseModel):
+    """A routed job's expected cost (summed as its chunks route) against what it spent."""
+
+    budget_usd: float | None = None
+    max_output_tokens_total: int | None = None
+    routed_prompts: int
+    expected_cost_usd: float = Field(description="expected dollars of the routed generation, as routed")
+    expected_output_tokens: float
+    unconstrained_expected_cost_usd: float = Field(description="expected dollars of the argmax route, no limits")
+    strength: float = Field(description="summed router strength of the chosen teachers")
+    unconstrained_strength: float = Field(description="summed strength of the argmax route")
+    strength_lost: float = Field(description="unconstrained_strength - strength: what the limits cost")
+    spent_usd: float = Field(description="what every teacher call of the job cost (usage; calibration included)")
+
+
+class TeacherEstimate(BaseModel):
+    prompts: int = Field(description="prompts (generations) the teacher would answer")
+    output_tokens: float = Field(description="expected completion tokens")
+    cost_usd: float = Field(description="expected dollars")
+
+
+class GenerateThenSelectEstimate(BaseModel):
+    generations: int = Field(description="every teacher answers every prompt")
+    output_tokens: float
+    cost_usd: float
+
+
+class DryRunRouting(BaseModel):
+    budget_usd: float | None = None
+    max_output_tokens_total: float | None = None
+    strength: float
+    unconstrained_strength: float
+    strength_lost: float
+    unconstrained_cost_usd: float
+
+
+class DryRunEstimate(BaseModel):
+    """The priced plan of a job, from the student's active router: nothing ran, nothing was stored."""
+
+    dry_run: Literal[True]
+    kind: str
+    student_id: str
+    strategy: str
+    router_version: str
+    n_prompts: int
+    teachers: dict[str, TeacherEstimate] = Field(description="per teacher: prompts, expected tokens and dollars")
+    total: TeacherEstimate
+    generate_then_select: GenerateThenSelectEstimate = Field(
+        description="the same prompts under Generate-then-Select")
+    routing: DryRunRouting | None = Field(None, description="router strengths kept and lost (strategy persyn)")
+
+
 class JobDescription(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -274,6 +339,8 @@ class JobDescription(BaseModel):
     generations: dict[str, int] = Field(
         default_factory=dict, description="requested: teacher requests this job sent (paid now); from_store: "
                                           "samples the generation store answered instead (paid before)")
+    routing_cost: RoutingCost | None = Field(None, description="expected cost of the routed prompts and the "
+                                                               "strength a budget cost; null before routing")
     failures: dict[str, dict] = Field(default_factory=dict, description="failed items per teacher (or "
                                       "stage:NAME): items, first error")
     error: str | None = None

@@ -11,6 +11,7 @@ import numpy as np
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
 from services.jobs.leases import TRANSIENT_REDIS_ERRORS
+from services.jobs.pricing import add_routing_cost, calibration_output_tokens
 from services.jobs.stages import (
     ROUTE_TASK,
     TRAIN_TASK,
@@ -20,10 +21,10 @@ from services.jobs.stages import (
     plan_routed_generation,
     routing_failure_items,
 )
+from services.method.allocation import ChunkRoute, Limits, route_chunk
 from services.method.gate import GateResult, best_single_teacher, hits_of_choice, publish_gate
 from services.method.pairs import make_pairs
 from services.method.rewards import mean_per_teacher
-from services.method.strategies import StrategyInputs, select
 from services.routing.model import Router
 from services.routing.training import TrainConfig, split_prompts, train_router
 
@@ -138,6 +139,9 @@ def _train(job_id: str) -> str:
         metrics["calibration_stats"] = {
             name: {t: v for t, v in zip(teachers, mean_per_teacher(mats[name]).tolist()) if np.isfinite(v)}
             for name in ("quality", "learnability") if np.isfinite(mats[name]).any()}
+        tokens = calibration_output_tokens(store, job_id, spec["calibration"], teachers)
+        if tokens:  # what one routed prompt is expected to cost (budgets, dry runs)
+            metrics["calibration_stats"]["output_tokens"] = tokens
         metrics["gate"] = {**gate.as_dict(), "best_single_teacher": teachers[best_single_teacher(mats["combined"])]}
         final = settings.router_dir / student_id / version
         staging = final.with_name(final.name + ".partial")
@@ -152,20 +156,21 @@ def _train(job_id: str) -> str:
     return "done"
 
 
-def _assign(job_id: str, prompts: list[dict]) -> list[str]:
-    """Teacher per prompt by the job's strategy."""
+def _assign(job_id: str, prompts: list[dict]) -> ChunkRoute:
+    """Teacher per prompt by the job's strategy, within the chunk's share of the job's budget."""
     store, settings = rt.store(), rt.settings()
-    spec = store.job_record(job_id)["spec"]
+    job = store.job_record(job_id)
+    spec = job["spec"]
     pool = job_teachers(store, settings, job_id)
     names = [t.name for t in pool]
     strategy = spec.get("strategy", "persyn")
     student = store.get_student(spec["student_id"])
     active = store.active_router(spec["student_id"])
     stats, strengths = {}, None
-    gate = json.loads(store.job_record(job_id).get("router_gate") or "null")
+    gate = json.loads(job.get("router_gate") or "null")
     if strategy == "persyn" and active is None and gate and not gate["activated"]:
         # this job's calibration trained a router the gate refused: its best single teacher serves instead
-        return [gate["best_single_teacher"]] * len(prompts)
+        strategy, spec = "strong", {**spec, "strong_teacher": gate["best_single_teacher"]}
     if active is not None:
         version, path = active
         stats = next(v for v in student["versions"] if v["version"] == version)["metrics"].get("calibration_stats", {})
@@ -175,19 +180,14 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
             if missing:
                 raise ValueError(f"router {version} does not know teacher(s) {', '.join(missing)}")
             strengths = router.strengths([p["prompt"] for p in prompts])[:, [router.teachers.index(t) for t in names]]
-
-    def tiled(name):
-        if name not in stats:
-            return None
-        return np.tile([stats[name].get(t, np.nan) for t in names], (len(prompts), 1))
-
-    learn = tiled("learnability")
-    selection = select(strategy, StrategyInputs(
-        teachers=names, available=np.ones((len(prompts), len(names)), dtype=bool), quality=tiled("quality"),
-        learnability=learn, strengths=strengths, families={t.name: t.family for t in pool},
-        student_family=spec.get("student_family") or student["family"],
-        strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0)))
-    return [names[i] for i in selection.choice]
+    limits = Limits.of(spec) if strategy == "persyn" else Limits()
+    n_routed = int(job.get("n_routed") or store.prompt_count(job_id))
+    return route_chunk(strategy, names, len(prompts), strengths=strengths, stats=stats,
+                       prices={t.name: t.cost_per_1m_output for t in pool},
+                       limits=limits.share(len(prompts) / max(n_routed, 1)),
+                       families={t.name: t.family for t in pool},
+                       student_family=spec.get("student_family") or student["family"],
+                       strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0))
 
 
 @app.task(name=ROUTE_TASK)
@@ -205,7 +205,7 @@ def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
     if todo:
         prompts = store.prompts(job_id, todo)
         try:
-            teachers = _assign(job_id, prompts)
+            routed = _assign(job_id, prompts)
         except TRANSIENT_REDIS_ERRORS:
             raise  # retried by run_item
         except Exception as exc:  # noqa: BLE001 - the chunk's prompts fail with the reason, the job goes on
@@ -213,7 +213,9 @@ def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
             rt.finish_item(job_id, "route", unit, ok=False, error=reason)
             rt.finish_items(job_id, "generate", [(item, False, reason) for item in routing_failure_items(todo)])
             return "failed"
-        store.put_results(job_id, "assign", {p["id"]: {"teacher": t} for p, t in zip(prompts, teachers)})
+        written = store.put_results(job_id, "assign",
+                                    {p["id"]: {"teacher": t} for p, t in zip(prompts, routed.teachers)})
+        add_routing_cost(store, job_id, routed, [written[p["id"]] for p in prompts])
         assigned = store.results_for(job_id, "assign", prompt_ids)
     messages = plan_routed_generation(store, settings, job_id, unit,
                                       [(pid, assigned[pid]["teacher"]) for pid in prompt_ids])

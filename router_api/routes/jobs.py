@@ -9,26 +9,33 @@ import json
 from array import array
 from typing import Annotated, Iterator
 
+import anyio.from_thread
+import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from services.core.settings import Settings
+from services.jobs import pricing
 from services.jobs import stages as jobs
 from services.jobs.store import JobStore, StagedPrompts
 from services.method.export import to_alpaca, to_sharegpt
 from services.method.formats import Teacher
+from services.routing.client import RouterClient
 
-from ..deps import Caller, CallerDep, OwnedJobId, SettingsDep, StoreDep, TeachersDep, owned
+from ..deps import Caller, CallerDep, OwnedJobId, RouterClientDep, SettingsDep, StoreDep, TeachersDep, owned
 from ..errors import BadJSON, StrictJSONRoute, error_responses, loads_strict, validation_message
-from ..protocol import DatasetFormat, JobCreate, JobDescription, JobSpec, PromptIn, positional_id
+from ..protocol import DatasetFormat, DryRunEstimate, JobCreate, JobDescription, JobSpec, PromptIn, positional_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
-_SUBMIT_ERRORS = error_responses(
-    401, 404, 409, 413, 422, 503, e404="unknown student",
-    e409="a synthesis whose strategy needs the student's calibration")
+_SUBMIT_ERRORS = {
+    **error_responses(401, 404, 409, 413, 422, 503, e404="unknown student",
+                      e409="a synthesis whose strategy needs the student's calibration, or a dry run or budget "
+                           "its router cannot price (no active router, no output-token statistics)",
+                      e422="invalid input, or a budget even the cheapest teacher breaks"),
+    200: {"model": DryRunEstimate, "description": "dry_run: the priced plan (nothing was started or stored)"}}
 _JOB_ERRORS = error_responses(401, 404, 422, 503, e404="unknown job")
 
 
@@ -41,9 +48,10 @@ def _too_long(prompt_id: str, chars: int, settings: Settings) -> HTTPException:
 
 
 def _submit(spec: JobSpec, prompts: StagedPrompts, settings: Settings, store: JobStore, pool: list[Teacher],
-            caller: Caller) -> dict:
+            caller: Caller, router: RouterClient) -> dict | JSONResponse:
     """Checks that need the service's state (student, pool, router), then hands the staged prompts over to
-    the job layer (which registers the job already owned by the caller's tenant)."""
+    the job layer (which registers the job already owned by the caller's tenant), or prices them (a dry run:
+    the staged prompts are then dropped, nothing stays in Redis)."""
     owned(store, caller, "student", spec.student_id)  # NotFound -> 404
     names = [t.name for t in pool]
     unknown = [t for t in spec.teachers or () if t not in names]
@@ -56,20 +64,55 @@ def _submit(spec: JobSpec, prompts: StagedPrompts, settings: Settings, store: Jo
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"strong_teacher {spec.strong_teacher!r} is not among the job's teachers "
                             f"({', '.join(chosen) or 'none'})")
+    fields = spec.model_dump(exclude={"prompts", "dry_run"})
     try:
-        job_id = jobs.submit_job(store, settings, spec.model_dump(exclude={"prompts"}), prompts,
-                                 owner=caller.tenant)
-    except jobs.NeedsCalibration as exc:
+        if spec.dry_run:
+            jobs.check_job(store, settings, fields, prompts.count, prompts.first_unreferenced)
+            texts = [p["prompt"] for p in store.prompts(prompts.job_id)]
+            return JSONResponse(_dry_run(fields, texts, settings, store, pool, router))
+        job_id = jobs.submit_job(store, settings, fields, prompts, owner=caller.tenant)
+    except (jobs.NeedsCalibration, pricing.NeedsCostStats) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except ValueError as exc:
+    except ValueError as exc:  # BudgetInfeasible too
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return jobs.describe_job(store, job_id, settings)
 
 
+def _dry_run(spec: dict, prompts: list[str], settings: Settings, store: JobStore, pool: list[Teacher],
+             router: RouterClient) -> dict:
+    """The priced plan from the student's active router, routed in this process (reads only)."""
+    found = pricing.active_stats(store, spec["student_id"])
+    if found is None:
+        raise pricing.NeedsCostStats(
+            f"a dry run prices from student {spec['student_id']!r}'s calibration, and it has no active router: "
+            "run a calibrate job first (a persyn job's calibration cost depends on what it finds)")
+    version, _, stats = found
+    names = [t.name for t in pool if not spec.get("teachers") or t.name in spec["teachers"]]
+    strengths = None
+    if spec.get("strategy", "persyn") == "persyn" and spec["kind"] != "calibrate":
+        step = settings.route_chunk_prompts  # the worker's chunks: the same batches give the same strengths
+        strengths = np.vstack([_strengths(router, spec["student_id"], prompts[i:i + step], names)
+                               for i in range(0, len(prompts), step)])
+    student = store.get_student(spec["student_id"])
+    plan = pricing.dry_run(spec, pool, stats, strengths, len(prompts), settings.route_chunk_prompts,
+                           spec.get("student_family") or student["family"])
+    return DryRunEstimate.model_validate({**plan, "router_version": version}).model_dump(mode="json")
+
+
+def _strengths(router: RouterClient, student_id: str, prompts: list[str], names: list[str]) -> np.ndarray:
+    """[prompt, teacher] strengths from the gateway's router client (its event loop does the routing)."""
+    batch = anyio.from_thread.run(router.route, student_id, prompts, len(names))
+    missing = [t for t in names if batch.results and t not in batch.results[0].strengths]
+    if missing:
+        raise pricing.NeedsCostStats(f"router {batch.version} does not know teacher(s) {', '.join(missing)}")
+    return np.array([[r.strengths[t] for t in names] for r in batch.results])
+
+
 @router.post("", response_model=JobDescription, status_code=status.HTTP_202_ACCEPTED, summary="Submit a job",
              responses=_SUBMIT_ERRORS)
-def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
-    """Queued at once; poll ``GET /v1/jobs/{id}`` for progress."""
+def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep,
+               router: RouterClientDep) -> dict:
+    """Queued at once; poll ``GET /v1/jobs/{id}`` for progress. ``dry_run``: 200 with the priced plan instead."""
     if len(body.prompts) > settings.max_job_prompts:
         raise _too_large(f"{len(body.prompts)} prompts; at most {settings.max_job_prompts} per job")
     for prompt in body.prompts:
@@ -79,7 +122,7 @@ def create_job(body: JobCreate, settings: SettingsDep, store: StoreDep, pool: Te
         for prompt in body.prompts:
             staged.add(prompt.to_job())
         staged.flush()
-        return _submit(body, staged, settings, store, pool, caller)
+        return _submit(body, staged, settings, store, pool, caller, router)
 
 
 def _unprocessable(detail: str) -> HTTPException:
@@ -134,7 +177,8 @@ def _stage_upload(file: UploadFile, staged: StagedPrompts, settings: Settings) -
              responses={**_SUBMIT_ERRORS, **error_responses(400, e400="broken multipart body or a spec over 1 MB")})
 def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON job body without prompts)")],
                file: Annotated[UploadFile, File(description="JSONL: one {id?, prompt, reference?} per line")],
-               settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep) -> dict:
+               settings: SettingsDep, store: StoreDep, pool: TeachersDep, caller: CallerDep,
+               router: RouterClientDep) -> dict:
     """For prompt sets too big to send as one JSON body: the file streams into the job store as it is
     read, so the gateway's memory does not grow with it; a rejected upload leaves nothing behind."""
     try:
@@ -145,7 +189,7 @@ def upload_job(spec: Annotated[str, Form(description="JobSpec as JSON (the JSON 
         raise RequestValidationError([{**e, "loc": ("body", "spec", *e["loc"])} for e in exc.errors()]) from None
     with StagedPrompts(store) as staged:
         _stage_upload(file, staged, settings)
-        return _submit(parsed, staged, settings, store, pool, caller)
+        return _submit(parsed, staged, settings, store, pool, caller, router)
 
 
 @router.get("/{job_id}", response_model=JobDescription, summary="Job state and progress", responses=_JOB_ERRORS)

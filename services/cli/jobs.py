@@ -1,4 +1,5 @@
-"""``jobs``: follow a service job from the terminal (``persyn jobs watch ID``), or show it once.
+"""``jobs``: submit a job to a service (``persyn jobs submit SPEC PROMPTS [--dry-run]``), follow it from the
+terminal (``persyn jobs watch ID``), or show it once.
 
 On a terminal each stage gets a progress bar with its rate and ETA; when stdout is not a
 terminal (a log file, CI) a single progress line is printed at most every ``--log-every``
@@ -12,7 +13,7 @@ import os
 import sys
 import time
 
-from services.cli.common import CLIError
+from services.cli.common import CLIError, existing_path
 
 #: Job states after which nothing changes any more.
 ACTIVE_STATES = ("queued", "running")
@@ -154,6 +155,29 @@ def cmd_resume(args) -> None:
                   f"{job['generations'].get('from_store', 0)} answers from the generation store", flush=True)
 
 
+def cmd_submit(args) -> None:
+    """Upload the spec and the JSONL prompts; print the job (202) or, with ``--dry-run``, its priced plan (200)."""
+    import httpx
+
+    try:
+        spec = json.loads(args.spec.read_text())
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read the job spec {args.spec}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise CLIError(f"{args.spec}: expected a JSON object (a JobSpec)")
+    if args.dry_run:
+        spec["dry_run"] = True
+    with _client(args) as client, args.prompts.open("rb") as prompts:
+        try:
+            response = client.post("/v1/jobs/upload", data={"spec": json.dumps(spec)},
+                                   files={"file": (args.prompts.name, prompts, "application/x-ndjson")})
+        except httpx.HTTPError as exc:
+            raise CLIError(f"cannot reach the gateway at {client.base_url}: {exc}") from None
+    if response.status_code not in (200, 202):
+        raise CLIError(f"job rejected ({response.status_code}): {_detail(response)}")
+    print(json.dumps(response.json(), indent=1))
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -162,13 +186,21 @@ def _positive(text: str) -> float:
 
 
 def register(sub) -> None:
-    jobs = sub.add_parser("jobs", help="follow or show a job of a running service")
+    jobs = sub.add_parser("jobs", help="submit, follow or show a job of a running service")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
-    for name, func, doc in (("watch", cmd_watch, "progress bars (or throttled lines) until the job ends"),
+    for name, func, doc in (("submit", cmd_submit, "submit a job: a JobSpec JSON file and a JSONL prompt file"),
+                            ("watch", cmd_watch, "progress bars (or throttled lines) until the job ends"),
                             ("show", cmd_show, "the job's description as JSON"),
                             ("resume", cmd_resume, "run again only what a partial, failed or cancelled job lacks")):
         p = jobs_sub.add_parser(name, help=doc)
-        p.add_argument("job_id")
+        if name == "submit":
+            p.add_argument("spec", type=existing_path, help="JobSpec as JSON (the job body without prompts)")
+            p.add_argument("prompts", type=existing_path, help="JSONL: one {id?, prompt, reference?} per line")
+            p.add_argument("--dry-run", action="store_true",
+                           help="print the priced plan (per teacher prompts, tokens, dollars; Generate-then-Select's "
+                                "price): no teacher call, nothing stored")
+        else:
+            p.add_argument("job_id")
         p.add_argument("--url", default=os.environ.get("PERSYN_URL", "http://127.0.0.1:8000"),
                        help="the gateway (default $PERSYN_URL or http://127.0.0.1:8000)")
         p.add_argument("--api-key", default=None, help="API key (default $PERSYN_API_KEY)")

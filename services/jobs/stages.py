@@ -108,9 +108,25 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: StagedP
     """Check what needs the service's state, register the job whose prompts were staged (all
     written, ids unique) and start its first stage.
 
-    Raises ValueError for a job that cannot run here and NeedsCalibration when the
-    student has no router yet; the job is not registered in either case (and the staged prompts
+    Raises what :func:`check_job` raises; the job is not registered then (and the staged prompts
     go when the caller's ``with`` block ends on the error).
+    """
+    calibrate = check_job(store, settings, spec, prompts.count, prompts.first_unreferenced)
+    positions = calibration_sample(prompts.count, spec.get("calibration_size", 2500), spec.get("seed", 0)) \
+        if calibrate else []
+    plan = {"calibration": store.prompt_ids_at(prompts.job_id, positions)}
+    prompts.register(spec["kind"], {**spec, **plan}, owner=owner)
+    advance(store, prompts.job_id, None, settings)
+    return prompts.job_id
+
+
+def check_job(store: JobStore, settings: Settings, spec: dict, n_prompts: int,
+              first_unreferenced: str | None) -> bool:
+    """Whether the job of ``n_prompts`` prompts (the first without a reference: ``first_unreferenced``)
+    can run here (reads only); returns whether it calibrates first.
+
+    Raises ValueError for a job that cannot run here, NeedsCalibration when the student has no
+    router yet and :class:`services.jobs.pricing.NeedsCostStats` for limits its router cannot price.
     """
     if spec["kind"] not in JOB_KINDS:
         raise ValueError(f"unknown job kind {spec['kind']!r}")
@@ -123,18 +139,15 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: StagedP
             and not (strategy == "strong" and spec.get("strong_teacher")):
         raise NeedsCalibration(f"strategy {strategy!r} needs student {spec['student_id']!r}'s calibration: "
                                "run a calibrate job first (or submit kind 'persyn')")
+    from services.jobs.pricing import check_limits
+
+    check_limits(store, spec, n_prompts, teacher_pool_cached(settings.teacher_pool))
     calibrate = spec["kind"] == "calibrate" or (spec["kind"] == "persyn" and not has_router)
     scores = calibrate or (spec["kind"] != "calibrate" and strategy in GENERATE_THEN_SELECT)
-    if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None \
-            and prompts.first_unreferenced is not None:
-        raise ValueError(f"prompt {prompts.first_unreferenced!r} has no reference: quality needs references "
+    if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None and first_unreferenced is not None:
+        raise ValueError(f"prompt {first_unreferenced!r} has no reference: quality needs references "
                          "(math-verify) or a reward model (PERSYN_REWARD_MODEL)")
-    positions = calibration_sample(prompts.count, spec.get("calibration_size", 2500), spec.get("seed", 0)) \
-        if calibrate else []
-    plan = {"calibration": store.prompt_ids_at(prompts.job_id, positions)}
-    prompts.register(spec["kind"], {**spec, **plan}, owner=owner)
-    advance(store, prompts.job_id, None, settings)
-    return prompts.job_id
+    return calibrate
 
 
 def _start(store: JobStore, settings: Settings, job_id: str, stage: str,
@@ -221,6 +234,7 @@ def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy:
     # generate is filled as the routing chunks finish
     if not store.start_stages(job_id, [("route", len(units)), ("generate", len(prompt_ids))]):
         return  # a redelivered task already opened them
+    store.update_job(job_id, n_routed=len(prompt_ids))  # the prompts a budget is shared over
     enqueue_many([(task, args, queue) for _, task, args, queue in units])
     if not units:
         conclude(store, job_id, settings=settings)
@@ -337,7 +351,7 @@ def _job_keys(store: JobStore, job_id: str) -> dict[str, list[str]]:
 
     keys = {"answers": [j("results", kind) for kind in ("gen", "score", "assign")] + [j("attempts")],
             "run": [j("redeliveries")], "progress": [j("stages"), j("errors"), j("failures")],
-            "record": [j()] + [j(part) for part in ("prompts", "order", "rows", "alloc", "usage")]}
+            "record": [j()] + [j(part) for part in ("prompts", "order", "rows", "alloc", "usage", "routing")]}
     for stage in store.r.lrange(j("stages"), 0, -1):
         keys["run"] += [j("stage", stage, "items"), j("plan", stage, "queues")]
         keys["run"] += [j(part, stage) for part in ("plan", "inflight", "retrying", "suspects")]
@@ -373,6 +387,8 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         costs = {t.name: t.cost_per_1m_output for t in teacher_pool_cached(settings.teacher_pool)}
     usage = {t: {**u, "cost": round(u.get("completion_tokens", 0) * costs.get(t, 0.0) / 1e6, 6)}
              for t, u in store.usage(job_id).items()}
+    from services.jobs.pricing import routing_report
+
     leases = Leases(store)
     stages = [{**s, **leases.stage_health(job_id, s["stage"])} for s in store.stage_progress(job_id)]
     running = [s["stage"] for s in stages if s["finished"] is None]
@@ -383,6 +399,7 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         "n_prompts": store.prompt_count(job_id), "n_calibration": len(spec.get("calibration", [])),
         "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),
+        "routing_cost": routing_report(store, job_id, spec, sum(u["cost"] for u in usage.values())),
         "router_version": job.get("router_version") or None,
         "resumes": int(job.get("run") or 0), "resumed_prompts": int(job.get("resumed_prompts") or 0),
         "generations": {"requested": sum(u.get("requests", 0) for u in usage.values()),

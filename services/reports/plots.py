@@ -95,3 +95,23 @@ def plot_accuracy_with_intervals(results: dict[str, tuple[float, float, float]],
     ax.set_ylim(0, max(5.0, 100 * float(np.max(acc + err[1])) * 1.15))
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_cost_quality(curves: dict[str, list[tuple[float, float]]], path: str | Path, *,
+                      marks: dict[str, tuple[float, float]] | None = None, xlabel: str = "expected cost ($)",
+                      ylabel: str = "quality", title: str = "Cost-quality curve") -> Path:
+    """One line per curve of (cost, quality) points, and labelled single points (``marks``) beside them."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in curves.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker=".", label=label)
+    for label, (x, y) in (marks or {}).items():
+        ax.scatter([x], [y], marker="x", color="black", zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -85,6 +85,10 @@ def test_persyn_job_end_to_end_then_routing_matches_the_library(stack):
 
     student = client.get(f"/v1/students/{STUDENT}").json()
     assert student["active_version"] == job["router_version"]
+    version = next(v for v in student["versions"] if v["version"] == job["router_version"])
+    tokens = version["metrics"]["calibration_stats"]["output_tokens"]  # what budgets and dry runs price from
+    assert set(tokens) == set(teachers) and all(t > 0 for t in tokens.values())
+    assert job["routing_cost"]["routed_prompts"] == 3 and job["routing_cost"]["expected_cost_usd"] >= 0
     new_prompts = [p["prompt"] for p in make_problems(5, seed=9)]
     routed = client.post("/v1/route", json={"student_id": STUDENT, "prompts": new_prompts, "top_k": 2}).json()
     assert routed["router_version"] == job["router_version"]
