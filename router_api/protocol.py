@@ -10,6 +10,7 @@ from services.core.settings import DEFAULT_ALPHA, DEFAULT_CALIBRATION_SIZE, DEFA
 from services.jobs.stages import JOB_KINDS
 from services.jobs.store import JOB_STATES
 from services.method.export import FORMATS
+from services.method.kcenter import CALIBRATION_SAMPLERS
 from services.method.strategies import STRATEGIES
 from services.routing.training import MODES as ROUTER_MODES
 
@@ -28,6 +29,7 @@ Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 DatasetFormat = Literal[FORMATS]  # type: ignore[valid-type]
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 RouterMode = Literal[ROUTER_MODES]  # type: ignore[valid-type]
+CalibrationSampler = Literal[CALIBRATION_SAMPLERS]  # type: ignore[valid-type]
 
 
 class ErrorResponse(BaseModel):
@@ -147,6 +149,11 @@ class JobSpec(BaseModel):
     strategy: Strategy = "persyn"
     alpha: float = Field(DEFAULT_ALPHA, ge=0.0, le=1.0, description="weight of learnability against quality")
     calibration_size: int = Field(DEFAULT_CALIBRATION_SIZE, ge=2)
+    calibration_sampler: CalibrationSampler = Field(
+        "random", description="How a calibration chooses its `calibration_size` prompts: random (seeded, at "
+                              "submit) or kcenter (active calibration: greedy k-center on the router backbone's "
+                              "embeddings of every prompt, so the calibration covers the prompt space; a first "
+                              "`calibration.sample` stage on the training worker, seeded start).")
     teachers: list[str] | None = Field(None, min_length=1, description="A subset of the pool; all when absent.")
     strong_teacher: str | None = None
     student_family: str | None = Field(None, max_length=64)

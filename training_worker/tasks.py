@@ -1,4 +1,5 @@
-"""Router training (one version per calibrate job) and routing of a job's prompts."""
+"""Router training (one version per calibrate job), active calibration sampling and routing of a
+job's prompts."""
 
 from __future__ import annotations
 
@@ -8,24 +9,28 @@ from functools import lru_cache
 
 import numpy as np
 
+from services.core.settings import DEFAULT_CALIBRATION_SIZE
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
 from services.jobs.leases import TRANSIENT_REDIS_ERRORS
 from services.jobs.stages import (
     ROUTE_TASK,
+    SAMPLE_TASK,
     TRAIN_TASK,
     conclude,
     enqueue_many,
     job_teachers,
     plan_routed_generation,
+    record_calibration,
     routing_failure_items,
 )
 from services.method.gate import GateResult, best_single_teacher, hits_of_choice, publish_gate
+from services.method.kcenter import kcenter_greedy
 from services.method.pairs import make_pairs
 from services.method.rewards import mean_per_teacher
 from services.method.strategies import StrategyInputs, select
-from services.routing.model import Router
-from services.routing.training import TrainConfig, split_prompts, train_router
+from services.routing.model import PromptEncoder, Router
+from services.routing.training import TrainConfig, prompt_embeddings, split_prompts, train_router
 
 #: Below this many prompts training makes no validation split (services.routing.training.split_prompts).
 _MIN_PROMPTS_FOR_VALIDATION = 10
@@ -57,6 +62,42 @@ def train_config(spec: dict, settings) -> TrainConfig:
 def _router(path: str) -> Router:
     """Routers stay loaded for the life of the worker process (a version's artifact never changes)."""
     return Router.load(path, device=rt.settings().device, precision=rt.settings().precision)
+
+
+@lru_cache(maxsize=2)
+def _encoder(backbone: str) -> PromptEncoder:
+    """The frozen backbone that embeds prompts for active calibration (loaded once per worker)."""
+    return PromptEncoder(backbone, max_length=TrainConfig.max_length, device=rt.settings().device)
+
+
+@app.task(name=SAMPLE_TASK)
+def sample_calibration(job_id: str) -> str:
+    return rt.run_item(job_id, "calibration.sample", "sample", lambda: _sample_calibration(job_id))
+
+
+def _sample_calibration(job_id: str) -> str:
+    """Embed every prompt of the job with its router backbone (through the embedding cache, which
+    training then reads) and keep ``calibration_size`` of them by greedy k-center."""
+    store, settings = rt.store(), rt.settings()
+    if not store.is_active(job_id):
+        return "skipped: job ended"
+    spec = store.job_record(job_id)["spec"]
+    if spec.get("calibration_pending"):  # a redelivered task finds the calibration chosen
+        prompts = store.prompts(job_id)
+        backbone = train_config(spec, settings).backbone
+        try:
+            features = prompt_embeddings(_encoder(backbone), backbone, [p["prompt"] for p in prompts],
+                                         rt.score_cache())
+        except TRANSIENT_REDIS_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one item: the job ends with the reason, never hangs
+            conclude(store, job_id, error=f"calibration sampling: {type(exc).__name__}: {exc}", settings=settings)
+            return "failed"
+        size = spec.get("calibration_size", DEFAULT_CALIBRATION_SIZE)
+        chosen = set(kcenter_greedy(features, size, spec.get("seed", 0)).tolist())
+        record_calibration(store, job_id, [p["id"] for i, p in enumerate(prompts) if i in chosen])
+    rt.finish_item(job_id, "calibration.sample", "sample")
+    return "done"
 
 
 def _previous_hits(student_id: str, teachers: list[str], val_prompts: list[str],

@@ -5,7 +5,10 @@ item once (:meth:`JobStore.mark_item`), and the one task that finishes a stage c
 :func:`advance`, which opens the next stage and enqueues its tasks. The flow per kind:
 
 - ``calibrate``: calibration.generate (prompt x teacher) -> calibration.score (prompt)
-  -> train (one router version) -> done.
+  -> train (one router version) -> done. With ``calibration_sampler`` ``kcenter`` a first
+  calibration.sample stage (one task on the training queue) embeds every prompt with the router
+  backbone and picks the calibration prompts by greedy k-center: too slow for the gateway at
+  submit time on a large job, while the random sample is chosen there.
 - ``synthesize``: route and generate together: each routing task takes a chunk of prompts
   (``PERSYN_ROUTE_CHUNK_PROMPTS``) and enqueues the generation of its prompts as soon as they
   are routed (prompt, its teacher) -> done; for the generate-then-select strategies (oracle,
@@ -26,7 +29,7 @@ import time
 
 import numpy as np
 
-from services.core.settings import DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
+from services.core.settings import DEFAULT_CALIBRATION_SIZE, DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
 from services.jobs.leases import Leases
 from services.jobs.store import JobStore
 from services.method.formats import teacher_pool_cached
@@ -41,6 +44,7 @@ GENERATE_TASK = "persyn.generation.generate"
 SCORE_TASK = "persyn.scoring.score"
 TRAIN_TASK = "persyn.training.train"
 ROUTE_TASK = "persyn.training.route"
+SAMPLE_TASK = "persyn.training.sample_calibration"
 
 
 def enqueue(task: str, args: list, queue: str) -> None:
@@ -122,8 +126,13 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
             raise ValueError(f"prompt {missing[0]!r} has no reference: quality needs references (math-verify) "
                              "or a reward model (PERSYN_REWARD_MODEL)")
     ids = [p["id"] for p in prompts]
-    plan = {"calibration": calibration_sample(ids, spec.get("calibration_size", 2500), spec.get("seed", 0))
-            if calibrate else []}
+    size = spec.get("calibration_size", DEFAULT_CALIBRATION_SIZE)
+    if not calibrate:
+        plan = {"calibration": []}
+    elif spec.get("calibration_sampler", "random") == "kcenter" and size < len(ids):
+        plan = {"calibration": [], "calibration_pending": True}  # picked by the calibration.sample stage
+    else:
+        plan = {"calibration": calibration_sample(ids, size, spec.get("seed", 0))}
     job_id = store.create_job(spec["kind"], {**spec, **plan}, prompts, owner=owner)
     advance(store, job_id, None, settings)
     return job_id
@@ -163,14 +172,18 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
     calibration = spec.get("calibration", [])
     if completed is None:
         store.set_state(job_id, "running")
-        if calibration:
-            teachers = [t.name for t in job_teachers(store, settings, job_id)]
-            pairs = [(pid, t) for pid in calibration for t in teachers]
-            _start(store, settings, job_id, "calibration.generate",
-                   generation_units(job_id, "calibration.generate", pairs, chunk_size(len(pairs), settings), "c"),
-                   total=len(pairs))
+        if spec.get("calibration_pending"):
+            _start(store, settings, job_id, "calibration.sample",
+                   [("sample", SAMPLE_TASK, [job_id], "training")])
+        elif calibration:
+            _start_calibration(store, settings, job_id, calibration)
         else:
             _start_synthesis(store, settings, job_id, strategy)
+    elif completed == "calibration.sample":
+        if calibration:
+            _start_calibration(store, settings, job_id, calibration)
+        else:  # the sampling failed: the job cannot calibrate
+            conclude(store, job_id, settings=settings)
     elif completed == "calibration.generate":
         _start(store, settings, job_id, "calibration.score",
                [(pid, SCORE_TASK, [job_id, "calibration.score", pid], "scoring") for pid in calibration])
@@ -188,6 +201,20 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
                [(pid, SCORE_TASK, [job_id, "select", pid], "scoring") for pid in store.unserved_prompt_ids(job_id)])
     elif completed in ("generate", "select"):
         conclude(store, job_id, settings=settings)
+
+
+def _start_calibration(store: JobStore, settings: Settings, job_id: str, calibration: list[str]) -> None:
+    teachers = [t.name for t in job_teachers(store, settings, job_id)]
+    pairs = [(pid, t) for pid in calibration for t in teachers]
+    _start(store, settings, job_id, "calibration.generate",
+           generation_units(job_id, "calibration.generate", pairs, chunk_size(len(pairs), settings), "c"),
+           total=len(pairs))
+
+
+def record_calibration(store: JobStore, job_id: str, calibration: list[str]) -> None:
+    """Write the calibration prompts a calibration.sample stage chose into the job's plan."""
+    spec = store.job_record(job_id)["spec"]
+    store.update_job(job_id, spec=json.dumps({**spec, "calibration": calibration, "calibration_pending": False}))
 
 
 def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy: str) -> None:
@@ -353,7 +380,7 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
     return {
         "id": job_id, "kind": job["kind"], "state": job["state"],
         "stage": (running[0] if running else job["stage"]) or None,
-        "student_id": spec["student_id"], "spec": {k: v for k, v in spec.items() if k != "calibration"},
+        "student_id": spec["student_id"], "spec": {k: v for k, v in spec.items() if k not in ("calibration", "calibration_pending")},
         "n_prompts": store.prompt_count(job_id), "n_calibration": len(spec.get("calibration", [])),
         "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),

@@ -225,3 +225,25 @@ def test_calibrate_job_then_baselines_that_use_its_statistics(stack):
             assert used <= expected[strategy]  # a uniform per-prompt draw over the pool
         else:
             assert used == expected[strategy], strategy
+
+
+def test_a_kcenter_calibration_samples_on_the_training_worker_then_trains(stack):
+    running, store, client, teachers = stack
+    from services.method.kcenter import kcenter_greedy
+    from services.routing.model import PromptEncoder
+
+    client.post("/v1/students", json={"student_id": "active-student", "family": "smollm2"})
+    prompts = make_problems(7, seed=41)
+    response = client.post("/v1/jobs", json={"kind": "calibrate", "student_id": "active-student", "prompts": prompts,
+                                             "calibration_size": 3, "calibration_sampler": "kcenter", "seed": 2})
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert [s["stage"] for s in job["stages"]] == ["calibration.sample", "calibration.generate",
+                                                   "calibration.score", "train"]
+    assert job["n_calibration"] == 3 and job["stages"][1]["total"] == 3 * len(teachers)
+    # the worker's choice is the library's greedy k-center on the backbone's embeddings
+    features = PromptEncoder("all-minilm-l6-v2", device="cpu").encode([p["prompt"] for p in prompts])
+    expected = sorted(prompts[i]["id"] for i in kcenter_greedy(features, 3, seed=2))
+    assert sorted(store.job_record(job["id"])["spec"]["calibration"]) == expected
+    assert sorted(store.get_results(job["id"], "score")) == expected
