@@ -43,6 +43,9 @@ class RouteRequest(BaseModel):
     prompts: list[PromptText] = Field(min_length=1, description="Limits: settings max_prompts_per_request, "
                                                                  "max_prompt_chars (413 above them).")
     top_k: int = Field(3, ge=1, description="Length of each ranking; above the pool size, the whole pool.")
+    version: VersionName | None = Field(
+        None, description="Route with this router version of the student (404 if it has none of that name); "
+                          "absent: the student's A/B split when it has one, else its active version.")
 
 
 class RouteResult(BaseModel):
@@ -53,7 +56,7 @@ class RouteResult(BaseModel):
 
 class RouteResponse(BaseModel):
     student_id: str
-    router_version: str
+    router_version: str = Field(description="the router version that served this request")
     results: list[RouteResult]
 
 
@@ -80,6 +83,24 @@ class RouterVersion(BaseModel):
     metrics: dict = Field(default_factory=dict)
 
 
+class ABSplit(BaseModel):
+    """Two router versions of a student serving side by side: each /v1/route request that names no
+    version goes to B with probability ``share_b``, drawn from the hash of its prompts (the same
+    request always meets the same version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version_a: VersionName
+    version_b: VersionName
+    share_b: float = Field(ge=0.0, le=1.0, description="share of requests version B serves, in [0, 1]")
+
+    @model_validator(mode="after")
+    def _two_versions(self) -> "ABSplit":
+        if self.version_a == self.version_b:
+            raise ValueError("version_a and version_b must be two different versions")
+        return self
+
+
 class Student(BaseModel):
     id: str
     model: str
@@ -89,6 +110,8 @@ class Student(BaseModel):
     created: float
     active_version: str | None
     versions: list[RouterVersion]
+    ab: ABSplit | None = Field(None, description="the A/B split of its routing requests, when set "
+                                                 "(PUT /v1/students/{id}/ab)")
 
 
 class ActivateRequest(BaseModel):

@@ -135,7 +135,7 @@ class JobStore:
         return {"id": data["id"], "model": data["model"], "family": data["family"] or None,
                 "endpoint": data.get("endpoint") or None, "endpoint_model": data.get("endpoint_model") or None,
                 "created": float(data["created"]), "active_version": data.get("active_version") or None,
-                "versions": versions}
+                "versions": versions, "ab": json.loads(data["ab"]) if data.get("ab") else None}
 
     def owner(self, kind: str, record_id: str) -> str | None:
         """The tenant owning a ``student`` or ``job`` (None: made before tenancy); NotFound if unknown."""
@@ -161,6 +161,30 @@ class JobStore:
         if not self.r.hexists(self._k("student", student_id, "versions"), version):
             raise NotFound(f"student {student_id!r} has no router version {version!r}")
         self.r.hset(self._k("student", student_id), "active_version", version)
+
+    def router_version(self, student_id: str, version: str) -> tuple[str, str] | None:
+        """(version, artifact path) of one router version of the student, or None."""
+        entry = self.r.hget(self._k("student", student_id, "versions"), version)
+        return (version, json.loads(entry)["path"]) if entry else None
+
+    def set_ab_split(self, student_id: str, version_a: str, version_b: str, share_b: float) -> None:
+        """Split the student's routing requests between two of its versions (``share_b`` to B);
+        NotFound for an unknown student or version."""
+        self.get_student(student_id)
+        for version in (version_a, version_b):
+            if self.router_version(student_id, version) is None:
+                raise NotFound(f"student {student_id!r} has no router version {version!r}")
+        self.r.hset(self._k("student", student_id), "ab", json.dumps(
+            {"version_a": version_a, "version_b": version_b, "share_b": share_b}))
+
+    def clear_ab_split(self, student_id: str) -> None:
+        self.get_student(student_id)
+        self.r.hdel(self._k("student", student_id), "ab")
+
+    def ab_split(self, student_id: str) -> dict | None:
+        """The student's A/B split ``{version_a, version_b, share_b}``, or None."""
+        raw = self.r.hget(self._k("student", student_id), "ab")
+        return json.loads(raw) if raw else None
 
     def active_router(self, student_id: str) -> tuple[str, str] | None:
         """(version, artifact path) of the student's active router, or None."""
