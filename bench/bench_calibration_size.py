@@ -4,9 +4,10 @@ The arena prompts (300 x 15 LLMs; ground truth at alpha 0.4 as in bench_router.p
 into 100 held-out prompts and a pool of 200. From the pool, each sampler picks ``size`` calibration
 prompts the way a calibration job does (``services.jobs.stages.calibration_sample`` for random,
 ``services.method.kcenter.kcenter_greedy`` on the frozen MiniLM embeddings for kcenter, both seeded),
-a frozen-backbone router trains on them alone, and routes the held-out prompts. The best single
-teacher of the random calibration is the floor. Mean and sample sd over the seeds, and the paired
-kcenter - random difference per size.
+a frozen-backbone router trains on them alone, and routes the held-out prompts; a kNN router
+(k = 10) on the same calibration shows what coverage gives a router that does use the prompt's
+neighbourhood. The best single teacher of the random calibration is the floor. Mean and sample sd
+over the seeds, and the paired kcenter - random difference per size.
 
     python bench/bench_calibration_size.py [--seeds 5] [--sizes 25,50,100,150,200]
 """
@@ -24,7 +25,7 @@ from bench_router import DATA, LEARNABILITY, load_arena
 
 from services.core.cache import ScoreCache
 from services.jobs.stages import calibration_sample
-from services.method.hits import best_single_choices, hits
+from services.method.hits import best_single_choices, hits, knn_choices
 from services.method.kcenter import kcenter_greedy
 from services.method.rewards import combine
 from services.reports.plots import plot_curves
@@ -34,6 +35,7 @@ from services.routing.training import TrainConfig, prompt_embeddings, train_rout
 ALPHA = 0.4
 N_HELD_OUT = 100
 BACKBONE = "all-minilm-l6-v2"
+KNN_K = 10
 
 
 def calibration(sampler: str, pool: np.ndarray, features: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -47,15 +49,18 @@ def one_split(prompts, teachers, scores, features, sizes, seed, cache) -> dict:
     """{curve: {size: {hit@1, hit@3}}} for one seeded split."""
     order = np.random.default_rng(seed).permutation(len(prompts))
     test, pool = np.sort(order[:N_HELD_OUT]), np.sort(order[N_HELD_OUT:])
-    out: dict = {"random": {}, "kcenter": {}, "best single (random calibration)": {}}
+    out: dict = {"router, random": {}, "router, kcenter": {}, f"knn@{KNN_K}, random": {},
+                 f"knn@{KNN_K}, kcenter": {}, "best single, random": {}}
     for size in sizes:
         for sampler in ("random", "kcenter"):
             chosen = calibration(sampler, pool, features, size, seed)
             router, _ = train_router([prompts[i] for i in chosen], teachers, scores[chosen],
                                      TrainConfig(backbone=BACKBONE, seed=seed, device="cpu"), cache=cache)
-            out[sampler][size] = hits(scores[test], router.strengths_from_features(features[test]).argmax(axis=1))
+            out[f"router, {sampler}"][size] = hits(scores[test], router.strengths_from_features(features[test]).argmax(axis=1))
+            out[f"knn@{KNN_K}, {sampler}"][size] = hits(scores[test], knn_choices(
+                features[chosen], scores[chosen], features[test], min(KNN_K, size)))
             if sampler == "random":
-                out["best single (random calibration)"][size] = hits(
+                out["best single, random"][size] = hits(
                     scores[test], best_single_choices(scores[chosen], len(test)))
     return out
 
@@ -89,17 +94,23 @@ def main() -> int:
     print(f"{len(prompts)} arena prompts x {len(teachers)} teachers, alpha {ALPHA}, {args.seeds} seeds "
           f"({N_HELD_OUT} held out, calibration from a pool of {len(prompts) - N_HELD_OUT}), "
           f"{time.time() - start:.0f}s")
-    print(f"{'size':>5}  " + "  ".join(f"{c[:14] + ' hit@3':>21}" for c in summary) + "   kcenter-random hit@3")
-    for size in sizes:
-        diffs = [r["kcenter"][size]["hit@3"] - r["random"][size]["hit@3"] for r in runs]
-        print(f"{size:>5}  " + "  ".join(f"{summary[c][size]['hit@3']['mean']:.3f} +- "
-                                         f"{summary[c][size]['hit@3']['std']:.3f}".rjust(21) for c in summary)
-              + f"   {np.mean(diffs):+.3f} (>= on {sum(d >= 0 for d in diffs)}/{len(diffs)} seeds)")
+    for metric in ("hit@3", "hit@1"):
+        print(f"\n{metric} by calibration size; last columns: paired kcenter - random (router, kNN)")
+        print(f"{'size':>5}  " + "  ".join(f"{c[:20]:>20}" for c in summary))
+        for size in sizes:
+            paired = []
+            for a, b in (("router, kcenter", "router, random"), (f"knn@{KNN_K}, kcenter", f"knn@{KNN_K}, random")):
+                d = [r[a][size][metric] - r[b][size][metric] for r in runs]
+                paired.append(f"{np.mean(d):+.3f} (>= {sum(x >= 0 for x in d)}/{len(d)})")
+            print(f"{size:>5}  " + "  ".join(f"{summary[c][size][metric]['mean']:.3f} +- "
+                                             f"{summary[c][size][metric]['std']:.3f}".rjust(20) for c in summary)
+                  + "   " + "   ".join(paired))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
     plot = plot_curves({c: {s: summary[c][s]["hit@3"] for s in sizes} for c in summary}, args.plot,
                        xlabel="calibration prompts", ylabel="held-out Hit@3",
-                       title=f"Active calibration on arena (alpha {ALPHA}, {args.seeds} seeds, mean +- sd)")
+                       title=f"Active calibration on arena (alpha {ALPHA}, {args.seeds} seeds, mean +- sd)",
+                       dashed=("best single, random",))
     print(f"json: {args.json}\nplot: {plot}")
     return 0
 
