@@ -194,7 +194,19 @@ class JobSpec(BaseModel):
         None, pattern=MODEL_PATTERN, examples=["all-minilm-l6-v2", "smollm2-135m-instruct", "Qwen/Qwen2.5-0.5B"],
         description="The router's backbone (an encoder is mean-pooled, a decoder pooled at its last token); "
                     "the service default (PERSYN_ROUTER_BACKBONE) when absent.")
+    hybrid_margin: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False,
+        description="Hybrid fallback (strategy persyn, kind synthesize or persyn): a routed prompt whose top-two "
+                    "router strength gap is below this (the top teacher's BT win probability over the runner-up "
+                    "below sigmoid(margin)) also gets the runner-up's answer, and hybrid.select keeps the better "
+                    "by the combined reward: one extra generation per such prompt. Absent: off.")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _hybrid_needs_routing(self) -> "JobSpec":
+        if self.hybrid_margin is not None and (self.kind == "calibrate" or self.strategy != "persyn"):
+            raise ValueError("hybrid_margin needs strategy 'persyn' and kind 'synthesize' or 'persyn'")
+        return self
 
 
 class JobCreate(JobSpec):
@@ -241,6 +253,9 @@ class JobDescription(BaseModel):
     n_calibration: int | None = None
     router_version: str | None = None
     router_gate: dict | None = Field(None, description="the router publish gate: activated, reason, checks")
+    hybrid: dict | None = Field(None, description="with hybrid_margin: margin, prompts (ambiguous prompts "
+                                                  "given both top teachers: the extra generations) and switched "
+                                                  "(whose runner-up's answer won)")
     failures: dict[str, dict] = Field(default_factory=dict, description="failed items per teacher (or "
                                       "stage:NAME): items, first error")
     error: str | None = None

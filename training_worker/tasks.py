@@ -25,6 +25,7 @@ from services.jobs.stages import (
     routing_failure_items,
 )
 from services.method.gate import GateResult, best_single_teacher, hits_of_choice, publish_gate
+from services.method.hybrid import runner_up
 from services.method.kcenter import kcenter_greedy
 from services.method.pairs import make_pairs
 from services.method.rewards import mean_per_teacher
@@ -192,8 +193,9 @@ def _train(job_id: str) -> str:
     return "done"
 
 
-def _assign(job_id: str, prompts: list[dict]) -> list[str]:
-    """Teacher per prompt by the job's strategy."""
+def _assign(job_id: str, prompts: list[dict]) -> tuple[list[str], list[str | None]]:
+    """Teacher per prompt by the job's strategy, and with ``hybrid_margin`` the runner-up teacher of
+    each prompt the router cannot separate from its pick (None elsewhere)."""
     store, settings = rt.store(), rt.settings()
     spec = store.job_record(job_id)["spec"]
     pool = job_teachers(store, settings, job_id)
@@ -205,7 +207,7 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
     gate = json.loads(store.job_record(job_id).get("router_gate") or "null")
     if strategy == "persyn" and active is None and gate and not gate["activated"]:
         # this job's calibration trained a router the gate refused: its best single teacher serves instead
-        return [gate["best_single_teacher"]] * len(prompts)
+        return [gate["best_single_teacher"]] * len(prompts), [None] * len(prompts)
     if active is not None:
         version, path = active
         stats = next(v for v in student["versions"] if v["version"] == version)["metrics"].get("calibration_stats", {})
@@ -227,7 +229,10 @@ def _assign(job_id: str, prompts: list[dict]) -> list[str]:
         learnability=learn, strengths=strengths, families={t.name: t.family for t in pool},
         student_family=spec.get("student_family") or student["family"],
         strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0)))
-    return [names[i] for i in selection.choice]
+    seconds: list[str | None] = [None] * len(prompts)
+    if strengths is not None and spec.get("hybrid_margin"):
+        seconds = [names[i] if i >= 0 else None for i in runner_up(strengths, spec["hybrid_margin"])]
+    return [names[i] for i in selection.choice], seconds
 
 
 @app.task(name=ROUTE_TASK)
@@ -245,7 +250,7 @@ def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
     if todo:
         prompts = store.prompts(job_id, todo)
         try:
-            teachers = _assign(job_id, prompts)
+            teachers, seconds = _assign(job_id, prompts)
         except TRANSIENT_REDIS_ERRORS:
             raise  # retried by run_item
         except Exception as exc:  # noqa: BLE001 - the chunk's prompts fail with the reason, the job goes on
@@ -253,7 +258,8 @@ def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
             rt.finish_item(job_id, "route", unit, ok=False, error=reason)
             rt.finish_items(job_id, "generate", [(item, False, reason) for item in routing_failure_items(todo)])
             return "failed"
-        store.put_results(job_id, "assign", {p["id"]: {"teacher": t} for p, t in zip(prompts, teachers)})
+        store.put_results(job_id, "assign", {p["id"]: {"teacher": t, **({"second": s} if s else {})}
+                                             for p, t, s in zip(prompts, teachers, seconds)})
         assigned = store.results_for(job_id, "assign", prompt_ids)
     messages = plan_routed_generation(store, settings, job_id, unit,
                                       [(pid, assigned[pid]["teacher"]) for pid in prompt_ids])

@@ -18,6 +18,10 @@ Generation runs in chunks: one task, one lease and a few pipelined Redis round t
 ``PERSYN_CHUNK_ITEMS`` prompt-teacher items (its teachers asked concurrently). Progress is
 counted per item; a chunk's id joins its stage's item set uncounted when the chunk is done, so
 the watchdog sees it finished.
+- ``hybrid_margin`` (strategy persyn): once generate ends, hybrid.generate asks the runner-up teacher
+  of each prompt the routing found ambiguous (top-two strength gap below the margin; recorded with
+  its assignment) -> hybrid.select (prompt) scores both answers and keeps the better by the combined
+  reward in the prompt's row -> done. Until then the row holds the routed teacher's answer.
 - ``persyn``: the calibrate stages first when the student has no router (its
   calibration prompts keep their best parallel answer), then the synthesize stages.
 """
@@ -119,7 +123,8 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: list[di
         raise NeedsCalibration(f"strategy {strategy!r} needs student {spec['student_id']!r}'s calibration: "
                                "run a calibrate job first (or submit kind 'persyn')")
     calibrate = spec["kind"] == "calibrate" or (spec["kind"] == "persyn" and not has_router)
-    scores = calibrate or (spec["kind"] != "calibrate" and strategy in GENERATE_THEN_SELECT)
+    scores = calibrate or (spec["kind"] != "calibrate" and (strategy in GENERATE_THEN_SELECT
+                                                            or bool(spec.get("hybrid_margin"))))
     if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None:
         missing = [p["id"] for p in prompts if p.get("reference") is None]
         if missing:
@@ -199,7 +204,20 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
     elif completed == "generate" and strategy in GENERATE_THEN_SELECT:
         _start(store, settings, job_id, "select",
                [(pid, SCORE_TASK, [job_id, "select", pid], "scoring") for pid in store.unserved_prompt_ids(job_id)])
-    elif completed in ("generate", "select"):
+    elif completed == "generate" and spec.get("hybrid_margin"):
+        order = store.prompt_ids(job_id)
+        seconds = store.results_for(job_id, "assign", order)
+        pairs = [(pid, seconds[pid]["second"]) for pid in order if seconds.get(pid, {}).get("second")]
+        _start(store, settings, job_id, "hybrid.generate",
+               generation_units(job_id, "hybrid.generate", pairs, chunk_size(len(pairs), settings), "h"),
+               total=len(pairs))
+    elif completed == "hybrid.generate":
+        order = store.prompt_ids(job_id)
+        seconds = store.results_for(job_id, "assign", order)
+        _start(store, settings, job_id, "hybrid.select",
+               [(pid, SCORE_TASK, [job_id, "hybrid.select", pid], "scoring")
+                for pid in order if seconds.get(pid, {}).get("second")])
+    elif completed in ("generate", "select", "hybrid.select"):
         conclude(store, job_id, settings=settings)
 
 
@@ -386,10 +404,20 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),
         "router_version": job.get("router_version") or None,
         "router_gate": json.loads(job["router_gate"]) if job.get("router_gate") else None,
+        "hybrid": _hybrid_summary(spec, job, stages),
         "error": job.get("error") or None,
         "created": job["created"], "updated": job["updated"],
         "finished": float(job["finished"]) if job.get("finished") else None,
     }
+
+
+def _hybrid_summary(spec: dict, job: dict, stages: list[dict]) -> dict | None:
+    """The hybrid fallback's cost and effect so far, for a job that asked for it."""
+    if not spec.get("hybrid_margin"):
+        return None
+    extra = next((s["total"] for s in stages if s["stage"] == "hybrid.generate"), 0)
+    return {"margin": spec["hybrid_margin"], "prompts": extra, "extra_generations": extra,
+            "switched": int(job.get("hybrid_switched") or 0)}
 
 
 def cancel_job(store: JobStore, job_id: str, settings: Settings | None = None) -> dict:

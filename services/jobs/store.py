@@ -375,6 +375,24 @@ class JobStore:
             pipe.execute()
         return len(fresh)
 
+    def switch_row(self, job_id: str, row: dict) -> bool:
+        """Put ``row`` in place of its prompt's row when it is another teacher's (the allocation follows,
+        and the job's ``hybrid_switched`` counts it), in one transaction; False when nothing changed,
+        so a redelivered call counts nothing twice."""
+        rows, alloc = self._k("job", job_id, "rows"), self._k("job", job_id, "alloc")
+        old = self.r.hget(rows, row["id"])
+        previous = json.loads(old)["teacher"] if old else None
+        if previous == row["teacher"]:
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(rows, row["id"], json.dumps(row, ensure_ascii=False))
+        if previous is not None:
+            pipe.hincrby(alloc, previous, -1)
+            pipe.hincrby(self._k("job", job_id), "hybrid_switched", 1)
+        pipe.hincrby(alloc, row["teacher"], 1)
+        pipe.execute()
+        return True
+
     def unserved_prompt_ids(self, job_id: str) -> list[str]:
         """Prompts without a dataset row yet, in the job's order."""
         served = set(self.r.hkeys(self._k("job", job_id, "rows")))
