@@ -56,7 +56,8 @@ def one_split(prompts, teachers, scores, features, sizes, seed, cache) -> dict:
             chosen = calibration(sampler, pool, features, size, seed)
             router, _ = train_router([prompts[i] for i in chosen], teachers, scores[chosen],
                                      TrainConfig(backbone=BACKBONE, seed=seed, device="cpu"), cache=cache)
-            out[f"router, {sampler}"][size] = hits(scores[test], router.strengths_from_features(features[test]).argmax(axis=1))
+            picks = router.strengths_from_features(features[test]).argmax(axis=1)
+            out[f"router, {sampler}"][size] = hits(scores[test], picks)
             out[f"knn@{KNN_K}, {sampler}"][size] = hits(scores[test], knn_choices(
                 features[chosen], scores[chosen], features[test], min(KNN_K, size)))
             if sampler == "random":

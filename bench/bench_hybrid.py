@@ -87,8 +87,8 @@ def main() -> int:
             extra = sum(c["extra"] for c in cells)
             gained = sum((c["hit@1"] - r[name][0.0]["hit@1"]) * N_HELD_OUT for c, r in zip(cells, runs))
             summary[name][margin] = {
-                **{m: {"mean": float(np.mean([c[m] for c in cells])), "std": float(np.std([c[m] for c in cells], ddof=1))}
-                   for m in ("hit@1", "hit@3")},
+                **{m: {"mean": float(np.mean([c[m] for c in cells])),
+                       "std": float(np.std([c[m] for c in cells], ddof=1))} for m in ("hit@1", "hit@3")},
                 "extra_per_prompt": extra / (N_HELD_OUT * len(runs)),
                 "hit1_per_extra_generation": gained / extra if extra else None}
             cell = summary[name][margin]

@@ -205,20 +205,22 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
         _start(store, settings, job_id, "select",
                [(pid, SCORE_TASK, [job_id, "select", pid], "scoring") for pid in store.unserved_prompt_ids(job_id)])
     elif completed == "generate" and spec.get("hybrid_margin"):
-        order = store.prompt_ids(job_id)
-        seconds = store.results_for(job_id, "assign", order)
-        pairs = [(pid, seconds[pid]["second"]) for pid in order if seconds.get(pid, {}).get("second")]
+        pairs = _runner_ups(store, job_id)
         _start(store, settings, job_id, "hybrid.generate",
                generation_units(job_id, "hybrid.generate", pairs, chunk_size(len(pairs), settings), "h"),
                total=len(pairs))
     elif completed == "hybrid.generate":
-        order = store.prompt_ids(job_id)
-        seconds = store.results_for(job_id, "assign", order)
         _start(store, settings, job_id, "hybrid.select",
-               [(pid, SCORE_TASK, [job_id, "hybrid.select", pid], "scoring")
-                for pid in order if seconds.get(pid, {}).get("second")])
+               [(pid, SCORE_TASK, [job_id, "hybrid.select", pid], "scoring") for pid, _ in _runner_ups(store, job_id)])
     elif completed in ("generate", "select", "hybrid.select"):
         conclude(store, job_id, settings=settings)
+
+
+def _runner_ups(store: JobStore, job_id: str) -> list[tuple[str, str]]:
+    """(prompt, runner-up teacher) of the prompts routing found ambiguous, in the job's order."""
+    order = store.prompt_ids(job_id)
+    assigned = store.results_for(job_id, "assign", order)
+    return [(pid, assigned[pid]["second"]) for pid in order if assigned.get(pid, {}).get("second")]
 
 
 def _start_calibration(store: JobStore, settings: Settings, job_id: str, calibration: list[str]) -> None:
@@ -398,7 +400,8 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
     return {
         "id": job_id, "kind": job["kind"], "state": job["state"],
         "stage": (running[0] if running else job["stage"]) or None,
-        "student_id": spec["student_id"], "spec": {k: v for k, v in spec.items() if k not in ("calibration", "calibration_pending")},
+        "student_id": spec["student_id"],
+        "spec": {k: v for k, v in spec.items() if k not in ("calibration", "calibration_pending")},
         "n_prompts": store.prompt_count(job_id), "n_calibration": len(spec.get("calibration", [])),
         "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),

@@ -61,8 +61,9 @@ class LocalRouterClient:
 class HTTPRouterClient:
     """The standalone router server (``POST {base_url}/route``) through one pooled async client.
 
-    404 raises ``NoActiveRouter`` (``UnknownRouterVersion`` for a request that named a version); any other failure (an error status, a refused or timed-out
-    connection, a malformed answer) raises ``RouterServiceError`` naming the URL and the cause.
+    404 raises ``NoActiveRouter`` (``UnknownRouterVersion`` for a request that named a version); any
+    other failure (an error status, a refused or timed-out connection, a malformed answer) raises
+    ``RouterServiceError`` naming the URL and the cause.
     """
 
     def __init__(self, base_url: str, timeout: float = 30.0, *, max_connections: int = 256,

@@ -277,7 +277,8 @@ def test_hybrid_fallback_asks_the_runner_up_and_keeps_the_better_answer(stack):
         scores = store.get_result(job["id"], "score", p["id"])
         assert sorted(scores["teachers"]) == sorted([assigned["teacher"], assigned["second"]])
         combined = {t: (-np.inf if c is None else c) for t, c in zip(scores["teachers"], scores["combined"])}
-        best = assigned["second"] if combined[assigned["second"]] > combined[assigned["teacher"]] else assigned["teacher"]
+        first, second = assigned["teacher"], assigned["second"]
+        best = second if combined[second] > combined[first] else first
         row = rows[p["id"]]
         assert row["teacher"] == best
         assert row["response"] == store.get_result(job["id"], "gen", f"{p['id']}|{best}")["text"]
