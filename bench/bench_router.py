@@ -36,6 +36,14 @@ BACKBONES = {"minilm": "all-minilm-l6-v2", "smollm2": "smollm2-135m-instruct"}
 TARGET_MARGIN = 0.03
 
 
+def load_arena(data: Path = DATA, learnability: Path = LEARNABILITY):
+    """The arena prompts, their teachers and the [prompt, teacher] quality and learnability matrices."""
+    records = load_parallel(data)
+    teachers = teachers_of(records)
+    return ([r.prompt for r in records], teachers, quality_matrix(records, teachers),
+            score_file_matrix(learnability, [r.id for r in records], teachers))
+
+
 def compare(prompts, teachers, scores, seeds, cache) -> tuple[dict, dict]:
     """Every router's summary (shared baselines once) and the per-split runs, keyed by router."""
     summary, runs = {}, {}
@@ -61,12 +69,8 @@ def main() -> int:
     if not args.data.exists():
         print(f"bench_router: {args.data} not found", file=sys.stderr)
         return 2
-    records = load_parallel(args.data)
-    teachers = teachers_of(records)
-    quality = quality_matrix(records, teachers)
-    learn = score_file_matrix(args.learnability, [r.id for r in records], teachers)
+    prompts, teachers, quality, learn = load_arena(args.data, args.learnability)
     cache = ScoreCache(Path("bench/out/cache.sqlite"))
-    prompts = [r.prompt for r in records]
     seeds = range(args.seeds)
 
     summaries, report = {}, {}
@@ -75,7 +79,7 @@ def main() -> int:
         summary, runs = compare(prompts, teachers, combine(quality, learn, alpha), seeds, cache)
         label = f"alpha {alpha:g}"
         summaries[label], report[label] = summary, {"summary": summary, "runs": runs}
-        print(f"\n{label}: {len(records)} prompts x {len(teachers)} teachers, {args.seeds} splits "
+        print(f"\n{label}: {len(prompts)} prompts x {len(teachers)} teachers, {args.seeds} splits "
               f"(200 train / 100 held out), {time.time() - start:.0f}s")
         print(f"{'router':<16}  {'hit@1':>13}  {'hit@3':>13}")
         for name, cell in summary.items():

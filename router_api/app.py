@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     async def lifespan(app: FastAPI):
         client = router_client
         if client is None:
-            client = router_client_from_settings(settings, store.active_router, on_batch=metrics.observe_batch)
+            client = router_client_from_settings(settings, store.active_router, on_batch=metrics.observe_batch,
+                                                 resolve_version=store.router_version)
         app.state.router_client = client
         try:
             yield

@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.jobs.store import IdTaken, NotFound
-from services.routing.service import NoActiveRouter, RouterServiceError
+from services.routing.service import NoActiveRouter, RouterServiceError, UnknownRouterVersion
 
 from .protocol import NON_BLANK, ErrorResponse
 
@@ -174,6 +174,10 @@ async def _no_active_router(request: Request, exc: NoActiveRouter) -> JSONRespon
     return _error(status.HTTP_409_CONFLICT, f"{_message(exc)}: run a calibrate job for this student first")
 
 
+async def _unknown_version(request: Request, exc: UnknownRouterVersion) -> JSONResponse:
+    return _error(status.HTTP_404_NOT_FOUND, _message(exc))
+
+
 async def _router_unavailable(request: Request, exc: RouterServiceError) -> JSONResponse:
     log.error("router service error on %s: %s", request.url.path, exc)  # paths and URLs stay in the log
     return _error(status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -192,5 +196,6 @@ def install(app) -> None:
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(IdTaken, _taken)
     app.add_exception_handler(NoActiveRouter, _no_active_router)
+    app.add_exception_handler(UnknownRouterVersion, _unknown_version)
     app.add_exception_handler(RouterServiceError, _router_unavailable)
     app.add_exception_handler(redis.RedisError, _redis_down)

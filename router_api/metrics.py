@@ -62,6 +62,12 @@ class GatewayMetrics:
         self.assignments = Counter(
             "persyn_route_assignments", "Prompts routed to each teacher", labelnames=["teacher"],
             registry=self.registry)
+        self.version_requests = Counter(
+            "persyn_route_requests", "/v1/route requests served by each router version of each student",
+            labelnames=["student", "version"], registry=self.registry)
+        self.version_prompts = Counter(
+            "persyn_route_prompts", "Prompts routed by each router version of each student",
+            labelnames=["student", "version"], registry=self.registry)
         self.registry.register(JobCollector(store))
 
     def observe_batch(self, size: int) -> None:

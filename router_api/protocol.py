@@ -10,6 +10,7 @@ from services.core.settings import DEFAULT_ALPHA, DEFAULT_CALIBRATION_SIZE, DEFA
 from services.jobs.stages import JOB_KINDS
 from services.jobs.store import JOB_STATES
 from services.method.export import FORMATS
+from services.method.kcenter import CALIBRATION_SAMPLERS
 from services.method.strategies import STRATEGIES
 from services.routing.training import MODES as ROUTER_MODES
 
@@ -28,6 +29,7 @@ Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 DatasetFormat = Literal[FORMATS]  # type: ignore[valid-type]
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 RouterMode = Literal[ROUTER_MODES]  # type: ignore[valid-type]
+CalibrationSampler = Literal[CALIBRATION_SAMPLERS]  # type: ignore[valid-type]
 
 
 class ErrorResponse(BaseModel):
@@ -41,6 +43,9 @@ class RouteRequest(BaseModel):
     prompts: list[PromptText] = Field(min_length=1, description="Limits: settings max_prompts_per_request, "
                                                                  "max_prompt_chars (413 above them).")
     top_k: int = Field(3, ge=1, description="Length of each ranking; above the pool size, the whole pool.")
+    version: VersionName | None = Field(
+        None, description="Route with this router version of the student (404 if it has none of that name); "
+                          "absent: the student's A/B split when it has one, else its active version.")
 
 
 class RouteResult(BaseModel):
@@ -51,7 +56,7 @@ class RouteResult(BaseModel):
 
 class RouteResponse(BaseModel):
     student_id: str
-    router_version: str
+    router_version: str = Field(description="the router version that served this request")
     results: list[RouteResult]
 
 
@@ -78,6 +83,24 @@ class RouterVersion(BaseModel):
     metrics: dict = Field(default_factory=dict)
 
 
+class ABSplit(BaseModel):
+    """Two router versions of a student serving side by side: each /v1/route request that names no
+    version goes to B with probability ``share_b``, drawn from the hash of its prompts (the same
+    request always meets the same version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version_a: VersionName
+    version_b: VersionName
+    share_b: float = Field(ge=0.0, le=1.0, description="share of requests version B serves, in [0, 1]")
+
+    @model_validator(mode="after")
+    def _two_versions(self) -> "ABSplit":
+        if self.version_a == self.version_b:
+            raise ValueError("version_a and version_b must be two different versions")
+        return self
+
+
 class Student(BaseModel):
     id: str
     model: str
@@ -87,6 +110,8 @@ class Student(BaseModel):
     created: float
     active_version: str | None
     versions: list[RouterVersion]
+    ab: ABSplit | None = Field(None, description="the A/B split of its routing requests, when set "
+                                                 "(PUT /v1/students/{id}/ab)")
 
 
 class ActivateRequest(BaseModel):
@@ -152,6 +177,11 @@ class JobSpec(BaseModel):
     strategy: Strategy = "persyn"
     alpha: float = Field(DEFAULT_ALPHA, ge=0.0, le=1.0, description="weight of learnability against quality")
     calibration_size: int = Field(DEFAULT_CALIBRATION_SIZE, ge=2)
+    calibration_sampler: CalibrationSampler = Field(
+        "random", description="How a calibration chooses its `calibration_size` prompts: random (seeded, at "
+                              "submit) or kcenter (active calibration: greedy k-center on the router backbone's "
+                              "embeddings of every prompt, so the calibration covers the prompt space; a first "
+                              "`calibration.sample` stage on the training worker, seeded start).")
     teachers: list[str] | None = Field(None, min_length=1, description="A subset of the pool; all when absent.")
     strong_teacher: str | None = None
     student_family: str | None = Field(None, max_length=64)
@@ -173,6 +203,12 @@ class JobSpec(BaseModel):
         True, description="Read teacher answers from the generation store: a request (same endpoint, model, "
                           "messages and decoding) answered before, by any job, is not sent again. false: fresh "
                           "answers (the job still reuses its own, e.g. after a crash); every answer is stored.")
+    hybrid_margin: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False,
+        description="Hybrid fallback (strategy persyn, kind synthesize or persyn): a routed prompt whose top-two "
+                    "router strength gap is below this (the top teacher's BT win probability over the runner-up "
+                    "below sigmoid(margin)) also gets the runner-up's answer, and hybrid.select keeps the better "
+                    "by the combined reward: one extra generation per such prompt. Absent: off.")
     seed: int = 0
     budget_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="Bound on the expected dollars of the routed generation (strategy persyn): routing "
@@ -187,6 +223,12 @@ class JobSpec(BaseModel):
     dry_run: bool = Field(
         False, description="Answer at once (200) with the priced plan (DryRunEstimate): no teacher call, "
                            "nothing stored. Needs the student's active router (409 without one).")
+
+    @model_validator(mode="after")
+    def _hybrid_needs_routing(self) -> "JobSpec":
+        if self.hybrid_margin is not None and (self.kind == "calibrate" or self.strategy != "persyn"):
+            raise ValueError("hybrid_margin needs strategy 'persyn' and kind 'synthesize' or 'persyn'")
+        return self
 
 
 class JobCreate(JobSpec):
@@ -341,6 +383,9 @@ class JobDescription(BaseModel):
                                           "samples the generation store answered instead (paid before)")
     routing_cost: RoutingCost | None = Field(None, description="expected cost of the routed prompts and the "
                                                                "strength a budget cost; null before routing")
+    hybrid: dict | None = Field(None, description="with hybrid_margin: margin, prompts (ambiguous prompts "
+                                                  "given both top teachers: the extra generations) and switched "
+                                                  "(whose runner-up's answer won)")
     failures: dict[str, dict] = Field(default_factory=dict, description="failed items per teacher (or "
                                       "stage:NAME): items, first error")
     error: str | None = None

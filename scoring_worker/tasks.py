@@ -2,7 +2,9 @@
 
 Used for calibration prompts (rewards for router training; in a ``persyn`` job the
 prompt also keeps its best answer) and for the ``select`` stage of the
-generate-then-select strategies (oracle: best combined reward; scas: lowest cost).
+generate-then-select strategies (oracle: best combined reward; scas: lowest cost), and for the
+hybrid fallback's ``hybrid.select`` (the better of the routed and the runner-up teacher's answers
+by the combined reward replaces the prompt's routed row).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def _score(job_id: str, stage: str, prompt_id: str) -> str:
         store.put_result(job_id, "score", prompt_id, scores)
         scores = store.get_result(job_id, "score", prompt_id)
     job = store.job_record(job_id)
-    if stage == "select" or job["kind"] == "persyn":
+    if stage in ("select", "hybrid.select") or job["kind"] == "persyn":
         pick = _pick(scores, by_cost=stage == "select" and job["spec"].get("strategy") == "scas")
         if pick < 0:
             errors = "; ".join(f"{k}: {v}" for k, v in scores.get("score_errors", {}).items())
@@ -120,10 +122,13 @@ def _score(job_id: str, stage: str, prompt_id: str) -> str:
         [prompt] = store.prompts(job_id, [prompt_id])
         row = {"id": prompt_id, "prompt": prompt["prompt"], "response": answer["text"],
                "teacher": teacher, "verified": answer["verified"],
-               "source": "calibration" if stage == "calibration.score" else "selected"}
+               "source": {"calibration.score": "calibration", "hybrid.select": "hybrid"}.get(stage, "selected")}
         cut = [part for part, who in scores.get("truncated", {}).items() if teacher in who]
         if cut:
             row["scored_truncated"] = cut  # its score is of the part that fit the scorer's context
-        store.put_row(job_id, row)
+        if stage == "hybrid.select":
+            store.switch_row(job_id, row)  # the routed teacher's row stays when it won
+        else:
+            store.put_row(job_id, row)
     rt.finish_item(job_id, stage, prompt_id)
     return "done"

@@ -1,4 +1,5 @@
-"""Router training (one version per calibrate job) and routing of a job's prompts."""
+"""Router training (one version per calibrate job), active calibration sampling and routing of a
+job's prompts."""
 
 from __future__ import annotations
 
@@ -8,25 +9,30 @@ from functools import lru_cache
 
 import numpy as np
 
+from services.core.settings import DEFAULT_CALIBRATION_SIZE
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
 from services.jobs.leases import TRANSIENT_REDIS_ERRORS
 from services.jobs.pricing import add_routing_cost, calibration_output_tokens
 from services.jobs.stages import (
     ROUTE_TASK,
+    SAMPLE_TASK,
     TRAIN_TASK,
     conclude,
     enqueue_many,
     job_teachers,
     plan_routed_generation,
+    record_calibration,
     routing_failure_items,
 )
 from services.method.allocation import ChunkRoute, Limits, route_chunk
 from services.method.gate import GateResult, best_single_teacher, hits_of_choice, publish_gate
+from services.method.hybrid import runner_up
+from services.method.kcenter import kcenter_greedy
 from services.method.pairs import make_pairs
 from services.method.rewards import mean_per_teacher
-from services.routing.model import Router
-from services.routing.training import TrainConfig, split_prompts, train_router
+from services.routing.model import PromptEncoder, Router
+from services.routing.training import TrainConfig, prompt_embeddings, split_prompts, train_router
 
 #: Below this many prompts training makes no validation split (services.routing.training.split_prompts).
 _MIN_PROMPTS_FOR_VALIDATION = 10
@@ -58,6 +64,42 @@ def train_config(spec: dict, settings) -> TrainConfig:
 def _router(path: str) -> Router:
     """Routers stay loaded for the life of the worker process (a version's artifact never changes)."""
     return Router.load(path, device=rt.settings().device, precision=rt.settings().precision)
+
+
+@lru_cache(maxsize=2)
+def _encoder(backbone: str) -> PromptEncoder:
+    """The frozen backbone that embeds prompts for active calibration (loaded once per worker)."""
+    return PromptEncoder(backbone, max_length=TrainConfig.max_length, device=rt.settings().device)
+
+
+@app.task(name=SAMPLE_TASK)
+def sample_calibration(job_id: str) -> str:
+    return rt.run_item(job_id, "calibration.sample", "sample", lambda: _sample_calibration(job_id))
+
+
+def _sample_calibration(job_id: str) -> str:
+    """Embed every prompt of the job with its router backbone (through the embedding cache, which
+    training then reads) and keep ``calibration_size`` of them by greedy k-center."""
+    store, settings = rt.store(), rt.settings()
+    if not store.is_active(job_id):
+        return "skipped: job ended"
+    spec = store.job_record(job_id)["spec"]
+    if spec.get("calibration_pending"):  # a redelivered task finds the calibration chosen
+        prompts = store.prompts(job_id)
+        backbone = train_config(spec, settings).backbone
+        try:
+            features = prompt_embeddings(_encoder(backbone), backbone, [p["prompt"] for p in prompts],
+                                         rt.score_cache())
+        except TRANSIENT_REDIS_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one item: the job ends with the reason, never hangs
+            conclude(store, job_id, error=f"calibration sampling: {type(exc).__name__}: {exc}", settings=settings)
+            return "failed"
+        size = spec.get("calibration_size", DEFAULT_CALIBRATION_SIZE)
+        chosen = set(kcenter_greedy(features, size, spec.get("seed", 0)).tolist())
+        record_calibration(store, job_id, [p["id"] for i, p in enumerate(prompts) if i in chosen])
+    rt.finish_item(job_id, "calibration.sample", "sample")
+    return "done"
 
 
 def _previous_hits(student_id: str, teachers: list[str], val_prompts: list[str],
@@ -156,8 +198,10 @@ def _train(job_id: str) -> str:
     return "done"
 
 
-def _assign(job_id: str, prompts: list[dict]) -> ChunkRoute:
-    """Teacher per prompt by the job's strategy, within the chunk's share of the job's budget."""
+def _assign(job_id: str, prompts: list[dict]) -> tuple[ChunkRoute, list[str | None]]:
+    """Teacher per prompt by the job's strategy, within the chunk's share of the job's budget, and with
+    ``hybrid_margin`` the runner-up teacher of each prompt the router cannot separate from its top
+    teacher (None elsewhere)."""
     store, settings = rt.store(), rt.settings()
     job = store.job_record(job_id)
     spec = job["spec"]
@@ -182,12 +226,16 @@ def _assign(job_id: str, prompts: list[dict]) -> ChunkRoute:
             strengths = router.strengths([p["prompt"] for p in prompts])[:, [router.teachers.index(t) for t in names]]
     limits = Limits.of(spec) if strategy == "persyn" else Limits()
     n_routed = int(job.get("n_routed") or store.prompt_count(job_id))
-    return route_chunk(strategy, names, len(prompts), strengths=strengths, stats=stats,
-                       prices={t.name: t.cost_per_1m_output for t in pool},
-                       limits=limits.share(len(prompts) / max(n_routed, 1)),
-                       families={t.name: t.family for t in pool},
-                       student_family=spec.get("student_family") or student["family"],
-                       strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0))
+    routed = route_chunk(strategy, names, len(prompts), strengths=strengths, stats=stats,
+                         prices={t.name: t.cost_per_1m_output for t in pool},
+                         limits=limits.share(len(prompts) / max(n_routed, 1)),
+                         families={t.name: t.family for t in pool},
+                         student_family=spec.get("student_family") or student["family"],
+                         strong_teacher=spec.get("strong_teacher"), seed=spec.get("seed", 0))
+    seconds: list[str | None] = [None] * len(prompts)
+    if strengths is not None and spec.get("hybrid_margin"):
+        seconds = [names[i] if i >= 0 else None for i in runner_up(strengths, spec["hybrid_margin"])]
+    return routed, seconds
 
 
 @app.task(name=ROUTE_TASK)
@@ -205,7 +253,7 @@ def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
     if todo:
         prompts = store.prompts(job_id, todo)
         try:
-            routed = _assign(job_id, prompts)
+            routed, seconds = _assign(job_id, prompts)
         except TRANSIENT_REDIS_ERRORS:
             raise  # retried by run_item
         except Exception as exc:  # noqa: BLE001 - the chunk's prompts fail with the reason, the job goes on
@@ -213,8 +261,9 @@ def _route(job_id: str, unit: str, prompt_ids: list[str]) -> str:
             rt.finish_item(job_id, "route", unit, ok=False, error=reason)
             rt.finish_items(job_id, "generate", [(item, False, reason) for item in routing_failure_items(todo)])
             return "failed"
-        written = store.put_results(job_id, "assign",
-                                    {p["id"]: {"teacher": t} for p, t in zip(prompts, routed.teachers)})
+        written = store.put_results(job_id, "assign", {
+            p["id"]: {"teacher": t, **({"second": s} if s else {})}
+            for p, t, s in zip(prompts, routed.teachers, seconds)})
         add_routing_cost(store, job_id, routed, [written[p["id"]] for p in prompts])
         assigned = store.results_for(job_id, "assign", prompt_ids)
     messages = plan_routed_generation(store, settings, job_id, unit,

@@ -1,4 +1,5 @@
-"""POST /v1/route: each prompt's teacher for one student, from its active router."""
+"""POST /v1/route: each prompt's teacher for one student, from its active router, a named version or
+its A/B split."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import time
 from fastapi import APIRouter, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import CallerDep, MetricsDep, RouterClientDep, SettingsDep, StoreDep, owned
+from services.jobs.store import JobStore
+from services.method.ab import ab_arm
+
+from ..deps import Caller, CallerDep, MetricsDep, RouterClientDep, SettingsDep, StoreDep, owned
 from ..errors import StrictJSONRoute, error_responses
 from ..protocol import RouteRequest, RouteResponse, RouteResult
 
@@ -16,13 +20,15 @@ router = APIRouter(tags=["routing"], route_class=StrictJSONRoute)
 
 @router.post(
     "/route", response_model=RouteResponse, summary="Route prompts to teachers",
-    responses=error_responses(401, 404, 409, 413, 422, 503, e404="unknown student",
+    responses=error_responses(401, 404, 409, 413, 422, 503, e404="unknown student, or it has no such router version",
                               e409="the student has no active router",
                               e503="Redis, or the router (its loading or the router service), is unavailable"))
 async def route(body: RouteRequest, settings: SettingsDep, store: StoreDep, metrics: MetricsDep,
                 client: RouterClientDep, caller: CallerDep) -> RouteResponse:
     """Per prompt: the teacher with the highest Bradley-Terry strength, the top k and every strength.
 
+    The router is the named ``version``; else, while the student has an A/B split, version A or B by
+    the hash of the prompts; else the active version. ``router_version`` says which served.
     Requests are batched with concurrent ones inside the router service.
     """
     if len(body.prompts) > settings.max_prompts_per_request:
@@ -32,12 +38,25 @@ async def route(body: RouteRequest, settings: SettingsDep, store: StoreDep, metr
         if len(prompt) > settings.max_prompt_chars:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                                 f"prompts[{i}] has {len(prompt)} characters; at most {settings.max_prompt_chars}")
-    await run_in_threadpool(owned, store, caller, "student", body.student_id)  # NotFound -> 404
+    version = await run_in_threadpool(_version, store, caller, body.student_id, body.version, body.prompts)
     start = time.perf_counter()
-    batch = await client.route(body.student_id, body.prompts, top_k=body.top_k)
+    batch = await client.route(body.student_id, body.prompts, top_k=body.top_k, version=version)
     metrics.route_latency.observe(time.perf_counter() - start)
+    metrics.version_requests.labels(student=body.student_id, version=batch.version).inc()
+    metrics.version_prompts.labels(student=body.student_id, version=batch.version).inc(len(batch.results))
     for result in batch.results:
         metrics.assignments.labels(teacher=result.teacher).inc()
     return RouteResponse(
         student_id=body.student_id, router_version=batch.version,
         results=[RouteResult(teacher=r.teacher, top_k=r.top_k, strengths=r.strengths) for r in batch.results])
+
+
+def _version(store: JobStore, caller: Caller, student_id: str, named: str | None, prompts: list[str]) -> str | None:
+    """The version a request names, else its arm of the student's A/B split, else None (the active one)."""
+    owned(store, caller, "student", student_id)  # NotFound -> 404
+    if named is not None:
+        return named
+    split = store.ab_split(student_id)
+    if split is None:
+        return None
+    return split["version_b"] if ab_arm(prompts, split["share_b"]) == "b" else split["version_a"]

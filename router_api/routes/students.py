@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from ..deps import CallerDep, OwnedStudentId, SettingsDep, StoreDep
 from ..errors import StrictJSONRoute, error_responses
-from ..protocol import ActivateRequest, Student, StudentCreate
+from ..protocol import ABSplit, ActivateRequest, Student, StudentCreate
 
 router = APIRouter(prefix="/students", tags=["students"], route_class=StrictJSONRoute)
 
@@ -37,4 +37,23 @@ def get_student(student_id: OwnedStudentId, store: StoreDep) -> dict:
 def activate(student_id: OwnedStudentId, body: ActivateRequest, store: StoreDep) -> dict:
     """Later /v1/route requests use this version (rolling back is activating an older one)."""
     store.activate_version(student_id, body.version)
+    return store.get_student(student_id)
+
+
+@router.put("/{student_id}/ab", response_model=Student, summary="Split routing between two router versions (A/B)",
+            responses=error_responses(401, 404, 422, 503, e404="unknown student or router version"))
+def set_ab_split(student_id: OwnedStudentId, body: ABSplit, store: StoreDep) -> dict:
+    """/v1/route requests that name no version go to ``version_b`` with probability ``share_b`` (by the
+    hash of their prompts, so a repeated request meets the same version) and to ``version_a`` otherwise;
+    the response's ``router_version`` and the ``persyn_route_requests`` metric say which served. Jobs
+    keep routing with the active version."""
+    store.set_ab_split(student_id, body.version_a, body.version_b, body.share_b)
+    return store.get_student(student_id)
+
+
+@router.delete("/{student_id}/ab", response_model=Student, summary="End the A/B split",
+               responses=error_responses(401, 404, 422, 503, e404="unknown student"))
+def clear_ab_split(student_id: OwnedStudentId, store: StoreDep) -> dict:
+    """Requests go to the active version again."""
+    store.clear_ab_split(student_id)
     return store.get_student(student_id)

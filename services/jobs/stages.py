@@ -5,7 +5,10 @@ item once (:meth:`JobStore.mark_item`), and the one task that finishes a stage c
 :func:`advance`, which opens the next stage and enqueues its tasks. The flow per kind:
 
 - ``calibrate``: calibration.generate (prompt x teacher) -> calibration.score (prompt)
-  -> train (one router version) -> done.
+  -> train (one router version) -> done. With ``calibration_sampler`` ``kcenter`` a first
+  calibration.sample stage (one task on the training queue) embeds every prompt with the router
+  backbone and picks the calibration prompts by greedy k-center: too slow for the gateway at
+  submit time on a large job, while the random sample is chosen there.
 - ``synthesize``: route and generate together: each routing task takes a chunk of prompts
   (``PERSYN_ROUTE_CHUNK_PROMPTS``) and enqueues the generation of its prompts as soon as they
   are routed (prompt, its teacher) -> done; for the generate-then-select strategies (oracle,
@@ -15,6 +18,10 @@ Generation runs in chunks: one task, one lease and a few pipelined Redis round t
 ``PERSYN_CHUNK_ITEMS`` prompt-teacher items (its teachers asked concurrently). Progress is
 counted per item; a chunk's id joins its stage's item set uncounted when the chunk is done, so
 the watchdog sees it finished.
+- ``hybrid_margin`` (strategy persyn): once generate ends, hybrid.generate asks the runner-up teacher
+  of each prompt the routing found ambiguous (top-two strength gap below the margin; recorded with
+  its assignment) -> hybrid.select (prompt) scores both answers and keeps the better by the combined
+  reward in the prompt's row -> done. Until then the row holds the routed teacher's answer.
 - ``persyn``: the calibrate stages first when the student has no router (its
   calibration prompts keep their best parallel answer), then the synthesize stages.
 """
@@ -26,7 +33,7 @@ import time
 
 import numpy as np
 
-from services.core.settings import DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
+from services.core.settings import DEFAULT_CALIBRATION_SIZE, DEFAULT_MAX_ERROR_RATE, DEFAULT_TENANT, Settings
 from services.jobs.distill import DISTILL_KIND, advance_distill, distill_progress
 from services.jobs.leases import Leases
 from services.jobs.store import RESUMABLE, JobStore, StagedPrompts
@@ -42,6 +49,7 @@ GENERATE_TASK = "persyn.generation.generate"
 SCORE_TASK = "persyn.scoring.score"
 TRAIN_TASK = "persyn.training.train"
 ROUTE_TASK = "persyn.training.route"
+SAMPLE_TASK = "persyn.training.sample_calibration"
 
 
 def enqueue(task: str, args: list, queue: str) -> None:
@@ -112,9 +120,14 @@ def submit_job(store: JobStore, settings: Settings, spec: dict, prompts: StagedP
     go when the caller's ``with`` block ends on the error).
     """
     calibrate = check_job(store, settings, spec, prompts.count, prompts.first_unreferenced)
-    positions = calibration_sample(prompts.count, spec.get("calibration_size", 2500), spec.get("seed", 0)) \
-        if calibrate else []
-    plan = {"calibration": store.prompt_ids_at(prompts.job_id, positions)}
+    size = spec.get("calibration_size", DEFAULT_CALIBRATION_SIZE)
+    if not calibrate:
+        plan = {"calibration": []}
+    elif spec.get("calibration_sampler", "random") == "kcenter" and size < prompts.count:
+        plan = {"calibration": [], "calibration_pending": True}  # picked by the calibration.sample stage
+    else:
+        positions = calibration_sample(prompts.count, size, spec.get("seed", 0))
+        plan = {"calibration": store.prompt_ids_at(prompts.job_id, positions)}
     prompts.register(spec["kind"], {**spec, **plan}, owner=owner)
     advance(store, prompts.job_id, None, settings)
     return prompts.job_id
@@ -143,7 +156,8 @@ def check_job(store: JobStore, settings: Settings, spec: dict, n_prompts: int,
 
     check_limits(store, spec, n_prompts, teacher_pool_cached(settings.teacher_pool))
     calibrate = spec["kind"] == "calibrate" or (spec["kind"] == "persyn" and not has_router)
-    scores = calibrate or (spec["kind"] != "calibrate" and strategy in GENERATE_THEN_SELECT)
+    scores = calibrate or (spec["kind"] != "calibrate" and (strategy in GENERATE_THEN_SELECT
+                                                            or bool(spec.get("hybrid_margin"))))
     if scores and spec.get("alpha", 0.4) < 1 and settings.reward_model is None and first_unreferenced is not None:
         raise ValueError(f"prompt {first_unreferenced!r} has no reference: quality needs references "
                          "(math-verify) or a reward model (PERSYN_REWARD_MODEL)")
@@ -188,14 +202,20 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
     if completed is None:
         store.set_state(job_id, "running")
         # a resumed persyn job whose calibration trained its router goes on with the synthesis
-        if calibration and not (kind == "persyn" and job.get("router_version")):
-            teachers = [t.name for t in job_teachers(store, settings, job_id)]
-            pairs = [(pid, t) for pid in calibration for t in teachers]
-            _start(store, settings, job_id, "calibration.generate",
-                   generation_units(job_id, "calibration.generate", pairs, chunk_size(len(pairs), settings),
-                                    f"{run_tag(job)}c"), total=len(pairs))
+        if calibration and kind == "persyn" and job.get("router_version"):
+            _start_synthesis(store, settings, job_id, strategy)
+        elif spec.get("calibration_pending"):
+            _start(store, settings, job_id, "calibration.sample",
+                   [("sample", SAMPLE_TASK, [job_id], "training")])
+        elif calibration:
+            _start_calibration(store, settings, job_id, calibration)
         else:
             _start_synthesis(store, settings, job_id, strategy)
+    elif completed == "calibration.sample":
+        if calibration:
+            _start_calibration(store, settings, job_id, calibration)
+        else:  # the sampling failed: the job cannot calibrate
+            conclude(store, job_id, settings=settings)
     elif completed == "calibration.generate":
         _start(store, settings, job_id, "calibration.score",
                [(pid, SCORE_TASK, [job_id, "calibration.score", pid], "scoring") for pid in calibration])
@@ -211,8 +231,38 @@ def advance(store: JobStore, job_id: str, completed: str | None, settings: Setti
     elif completed == "generate" and strategy in GENERATE_THEN_SELECT:
         _start(store, settings, job_id, "select",
                [(pid, SCORE_TASK, [job_id, "select", pid], "scoring") for pid in store.unserved_prompt_ids(job_id)])
-    elif completed in ("generate", "select"):
+    elif completed == "generate" and spec.get("hybrid_margin"):
+        pairs = _runner_ups(store, job_id)
+        _start(store, settings, job_id, "hybrid.generate",
+               generation_units(job_id, "hybrid.generate", pairs, chunk_size(len(pairs), settings),
+                                f"{run_tag(job)}h"),
+               total=len(pairs))
+    elif completed == "hybrid.generate":
+        _start(store, settings, job_id, "hybrid.select",
+               [(pid, SCORE_TASK, [job_id, "hybrid.select", pid], "scoring") for pid, _ in _runner_ups(store, job_id)])
+    elif completed in ("generate", "select", "hybrid.select"):
         conclude(store, job_id, settings=settings)
+
+
+def _runner_ups(store: JobStore, job_id: str) -> list[tuple[str, str]]:
+    """(prompt, runner-up teacher) of the prompts routing found ambiguous, in the job's order."""
+    order = store.prompt_ids(job_id)
+    assigned = store.results_for(job_id, "assign", order)
+    return [(pid, assigned[pid]["second"]) for pid in order if assigned.get(pid, {}).get("second")]
+
+
+def _start_calibration(store: JobStore, settings: Settings, job_id: str, calibration: list[str]) -> None:
+    teachers = [t.name for t in job_teachers(store, settings, job_id)]
+    pairs = [(pid, t) for pid in calibration for t in teachers]
+    _start(store, settings, job_id, "calibration.generate",
+           generation_units(job_id, "calibration.generate", pairs, chunk_size(len(pairs), settings),
+                            f"{run_tag(store.job_record(job_id))}c"), total=len(pairs))
+
+
+def record_calibration(store: JobStore, job_id: str, calibration: list[str]) -> None:
+    """Write the calibration prompts a calibration.sample stage chose into the job's plan."""
+    spec = store.job_record(job_id)["spec"]
+    store.update_job(job_id, spec=json.dumps({**spec, "calibration": calibration, "calibration_pending": False}))
 
 
 def _start_synthesis(store: JobStore, settings: Settings, job_id: str, strategy: str) -> None:
@@ -395,7 +445,8 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
     return {
         "id": job_id, "kind": job["kind"], "state": job["state"],
         "stage": (running[0] if running else job["stage"]) or None,
-        "student_id": spec["student_id"], "spec": {k: v for k, v in spec.items() if k != "calibration"},
+        "student_id": spec["student_id"],
+        "spec": {k: v for k, v in spec.items() if k not in ("calibration", "calibration_pending")},
         "n_prompts": store.prompt_count(job_id), "n_calibration": len(spec.get("calibration", [])),
         "stages": stages, "errors": store.errors(job_id), "failures": leases.failures(job_id),
         "allocation": store.allocation(job_id), "usage": usage, "rows": store.row_count(job_id),
@@ -406,10 +457,20 @@ def describe_job(store: JobStore, job_id: str, settings: Settings | None = None)
                         "from_store": sum(u.get("from_store", 0) for u in usage.values())},
         "router_gate": json.loads(job["router_gate"]) if job.get("router_gate") else None,
         "training": distill_progress(job) if job["kind"] == DISTILL_KIND else None,
+        "hybrid": _hybrid_summary(spec, job, stages),
         "error": job.get("error") or None,
         "created": job["created"], "updated": job["updated"],
         "finished": float(job["finished"]) if job.get("finished") else None,
     }
+
+
+def _hybrid_summary(spec: dict, job: dict, stages: list[dict]) -> dict | None:
+    """The hybrid fallback's cost and effect so far, for a job that asked for it."""
+    if not spec.get("hybrid_margin"):
+        return None
+    extra = next((s["total"] for s in stages if s["stage"] == "hybrid.generate"), 0)
+    return {"margin": spec["hybrid_margin"], "prompts": extra, "extra_generations": extra,
+            "switched": int(job.get("hybrid_switched") or 0)}
 
 
 def cancel_job(store: JobStore, job_id: str, settings: Settings | None = None) -> dict:

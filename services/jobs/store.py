@@ -179,7 +179,7 @@ class JobStore:
         return {"id": data["id"], "model": data["model"], "family": data["family"] or None,
                 "endpoint": data.get("endpoint") or None, "endpoint_model": data.get("endpoint_model") or None,
                 "created": float(data["created"]), "active_version": data.get("active_version") or None,
-                "versions": versions}
+                "versions": versions, "ab": json.loads(data["ab"]) if data.get("ab") else None}
 
     def owner(self, kind: str, record_id: str) -> str | None:
         """The tenant owning a ``student`` or ``job`` (None: made before tenancy); NotFound if unknown."""
@@ -205,6 +205,30 @@ class JobStore:
         if not self.r.hexists(self._k("student", student_id, "versions"), version):
             raise NotFound(f"student {student_id!r} has no router version {version!r}")
         self.r.hset(self._k("student", student_id), "active_version", version)
+
+    def router_version(self, student_id: str, version: str) -> tuple[str, str] | None:
+        """(version, artifact path) of one router version of the student, or None."""
+        entry = self.r.hget(self._k("student", student_id, "versions"), version)
+        return (version, json.loads(entry)["path"]) if entry else None
+
+    def set_ab_split(self, student_id: str, version_a: str, version_b: str, share_b: float) -> None:
+        """Split the student's routing requests between two of its versions (``share_b`` to B);
+        NotFound for an unknown student or version."""
+        self.get_student(student_id)
+        for version in (version_a, version_b):
+            if self.router_version(student_id, version) is None:
+                raise NotFound(f"student {student_id!r} has no router version {version!r}")
+        self.r.hset(self._k("student", student_id), "ab", json.dumps(
+            {"version_a": version_a, "version_b": version_b, "share_b": share_b}))
+
+    def clear_ab_split(self, student_id: str) -> None:
+        self.get_student(student_id)
+        self.r.hdel(self._k("student", student_id), "ab")
+
+    def ab_split(self, student_id: str) -> dict | None:
+        """The student's A/B split ``{version_a, version_b, share_b}``, or None."""
+        raw = self.r.hget(self._k("student", student_id), "ab")
+        return json.loads(raw) if raw else None
 
     def active_router(self, student_id: str) -> tuple[str, str] | None:
         """(version, artifact path) of the student's active router, or None."""
@@ -440,6 +464,24 @@ class JobStore:
                 pipe.hincrby(self._k("job", job_id, "alloc"), teacher, n)
             pipe.execute()
         return len(fresh)
+
+    def switch_row(self, job_id: str, row: dict) -> bool:
+        """Put ``row`` in place of its prompt's row when it is another teacher's (the allocation follows,
+        and the job's ``hybrid_switched`` counts it), in one transaction; False when nothing changed,
+        so a redelivered call counts nothing twice."""
+        rows, alloc = self._k("job", job_id, "rows"), self._k("job", job_id, "alloc")
+        old = self.r.hget(rows, row["id"])
+        previous = json.loads(old)["teacher"] if old else None
+        if previous == row["teacher"]:
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(rows, row["id"], json.dumps(row, ensure_ascii=False))
+        if previous is not None:
+            pipe.hincrby(alloc, previous, -1)
+            pipe.hincrby(self._k("job", job_id), "hybrid_switched", 1)
+        pipe.hincrby(alloc, row["teacher"], 1)
+        pipe.execute()
+        return True
 
     def unserved_prompt_ids(self, job_id: str) -> list[str]:
         """Prompts without a dataset row yet, in the job's order."""

@@ -69,6 +69,26 @@ def plot_router_quality(summaries: dict[str, dict[str, dict[str, dict[str, float
     return _save(fig, path)
 
 
+def plot_curves(curves: dict[str, dict[float, dict[str, float]]], path: str | Path, *, xlabel: str, ylabel: str,
+                title: str, dashed: tuple[str, ...] = ()) -> Path:
+    """One line per name over x, with the standard deviation as a band: ``{name: {x: {"mean", "std"}}}``;
+    the ``dashed`` names (baselines) drawn dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, points in curves.items():
+        xs = sorted(points)
+        mean = np.array([points[x]["mean"] for x in xs])
+        std = np.array([points[x]["std"] for x in xs])
+        line, = ax.plot(xs, mean, marker="o", label=name, linestyle="--" if name in dashed else "-",
+                        alpha=0.8)
+        ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_training_loss(losses: list[tuple[int, float]], path: str | Path, *, title: str = "Training loss") -> Path:
     """Training loss per optimiser step (the response tokens' mean NLL)."""
     plt = _pyplot()

@@ -13,7 +13,15 @@ import httpx
 
 from services.core.settings import Settings
 from services.routing.model import RouteResult
-from services.routing.service import NoActiveRouter, ResolveActive, RoutedBatch, RouterService, RouterServiceError
+from services.routing.service import (
+    NoActiveRouter,
+    ResolveActive,
+    ResolveVersion,
+    RoutedBatch,
+    RouterService,
+    RouterServiceError,
+    UnknownRouterVersion,
+)
 
 #: How long a readiness probe waits for the remote router service.
 PROBE_TIMEOUT_S = 2.0
@@ -21,7 +29,10 @@ PROBE_TIMEOUT_S = 2.0
 
 @runtime_checkable
 class RouterClient(Protocol):
-    async def route(self, student_id: str, prompts: list[str], top_k: int = 3) -> RoutedBatch: ...
+    async def route(self, student_id: str, prompts: list[str], top_k: int = 3,
+                    version: str | None = None) -> RoutedBatch:
+        """Under the student's active router, or its router ``version`` when one is named."""
+        ...
 
     async def readiness(self) -> str:
         """"ok", or why the router cannot serve (for the gateway's /readyz)."""
@@ -36,8 +47,9 @@ class LocalRouterClient:
     def __init__(self, service: RouterService):
         self.service = service
 
-    async def route(self, student_id: str, prompts: list[str], top_k: int = 3) -> RoutedBatch:
-        return await self.service.route(student_id, prompts, top_k)
+    async def route(self, student_id: str, prompts: list[str], top_k: int = 3,
+                    version: str | None = None) -> RoutedBatch:
+        return await self.service.route(student_id, prompts, top_k, version)
 
     async def readiness(self) -> str:
         return "ok"  # it runs in this process, which is answering
@@ -49,8 +61,9 @@ class LocalRouterClient:
 class HTTPRouterClient:
     """The standalone router server (``POST {base_url}/route``) through one pooled async client.
 
-    404 raises ``NoActiveRouter``; any other failure (an error status, a refused or timed-out
-    connection, a malformed answer) raises ``RouterServiceError`` naming the URL and the cause.
+    404 raises ``NoActiveRouter`` (``UnknownRouterVersion`` for a request that named a version); any
+    other failure (an error status, a refused or timed-out connection, a malformed answer) raises
+    ``RouterServiceError`` naming the URL and the cause.
     """
 
     def __init__(self, base_url: str, timeout: float = 30.0, *, max_connections: int = 256,
@@ -60,13 +73,18 @@ class HTTPRouterClient:
             base_url=self.base_url, timeout=timeout, transport=transport,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
 
-    async def route(self, student_id: str, prompts: list[str], top_k: int = 3) -> RoutedBatch:
+    async def route(self, student_id: str, prompts: list[str], top_k: int = 3,
+                    version: str | None = None) -> RoutedBatch:
         url = f"{self.base_url}/route"
+        body = {"student_id": student_id, "prompts": list(prompts), "top_k": top_k}
+        if version is not None:
+            body["version"] = version
         try:
-            response = await self._client.post(
-                "/route", json={"student_id": student_id, "prompts": list(prompts), "top_k": top_k})
+            response = await self._client.post("/route", json=body)
         except httpx.HTTPError as exc:
             raise RouterServiceError(f"router service {url} unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404 and version is not None:
+            raise UnknownRouterVersion(_detail(response) or f"student {student_id!r} has no router version {version!r}")
         if response.status_code == 404:
             raise NoActiveRouter(_detail(response) or f"student {student_id!r} has no active router")
         if response.status_code != 200:
@@ -103,17 +121,20 @@ def _detail(response: httpx.Response) -> str:
 
 
 def service_from_settings(settings: Settings, resolve_active: ResolveActive,
-                          on_batch: Callable[[int], None] | None = None) -> RouterService:
+                          on_batch: Callable[[int], None] | None = None, *,
+                          resolve_version: ResolveVersion | None = None) -> RouterService:
     """A ``RouterService`` configured from settings."""
-    return RouterService(resolve_active, cache_size=settings.router_cache_size,
+    return RouterService(resolve_active, resolve_version=resolve_version, cache_size=settings.router_cache_size,
                          max_batch_size=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms,
                          batching=settings.router_batching, device=settings.device,
                          precision=settings.precision, on_batch=on_batch)
 
 
 def router_client_from_settings(settings: Settings, resolve_active: ResolveActive,
-                                on_batch: Callable[[int], None] | None = None) -> RouterClient:
+                                on_batch: Callable[[int], None] | None = None, *,
+                                resolve_version: ResolveVersion | None = None) -> RouterClient:
     """HTTP client when ``settings.router_service_url`` is set, else an in-process service."""
     if settings.router_service_url:
         return HTTPRouterClient(settings.router_service_url)
-    return LocalRouterClient(service_from_settings(settings, resolve_active, on_batch))
+    return LocalRouterClient(service_from_settings(settings, resolve_active, on_batch,
+                                                   resolve_version=resolve_version))

@@ -1,9 +1,10 @@
 """The router service as its own process (``persyn router-server``; ``PERSYN_ROUTER_URL`` points the
 gateway at it).
 
-    POST /route   {"student_id": str, "prompts": [str], "top_k": int = 3}
+    POST /route   {"student_id": str, "prompts": [str], "top_k": int = 3, "version": str | null}
                   -> {"version": str, "results": [{"teacher", "top_k", "strengths"}]}
-                  404 {"detail": ...} when the student has no active router; 422 on a bad body;
+                  404 {"detail": ...} when the student has no active router (or no such version,
+                  for a request that names one); 422 on a bad body;
                   503 when the active router cannot be loaded.
     GET  /healthz {"status": "ok", "loaded": [[student, version], ...], "batching": bool}
 
@@ -24,7 +25,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from services.core.settings import Settings
 from services.routing.client import service_from_settings
-from services.routing.service import NoActiveRouter, RouterService, RouterServiceError
+from services.routing.service import NoActiveRouter, RouterService, RouterServiceError, UnknownRouterVersion
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8100
@@ -34,6 +35,7 @@ class RouteRequest(BaseModel):
     student_id: str = Field(min_length=1)
     prompts: list[str] = Field(min_length=1)
     top_k: int = Field(default=3, ge=1)
+    version: str | None = Field(default=None, min_length=1, description="a router version; the active one when absent")
 
     @field_validator("prompts")
     @classmethod
@@ -63,7 +65,7 @@ def create_app(settings: Settings | None = None, *, service: RouterService | Non
         from services.jobs.store import JobStore
 
         store = JobStore.from_url(settings.redis_url, settings.key_prefix)
-        service = service_from_settings(settings, store.active_router)
+        service = service_from_settings(settings, store.active_router, resolve_version=store.router_version)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -88,8 +90,8 @@ def create_app(settings: Settings | None = None, *, service: RouterService | Non
         if any(len(p) > settings.max_prompt_chars for p in body.prompts):
             raise HTTPException(422, f"prompts are limited to {settings.max_prompt_chars} characters")
         try:
-            routed = await service.route(body.student_id, body.prompts, body.top_k)
-        except NoActiveRouter as exc:
+            routed = await service.route(body.student_id, body.prompts, body.top_k, body.version)
+        except (NoActiveRouter, UnknownRouterVersion) as exc:
             raise HTTPException(404, str(exc.args[0]) if exc.args else "no active router") from exc
         except RouterServiceError as exc:
             raise HTTPException(503, str(exc)) from exc

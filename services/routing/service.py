@@ -7,7 +7,9 @@ Used in-process by the gateway (``router_api``) and by the standalone router ser
   ``JobStore.active_router``: a Redis lookup). A version that is not loaded yet is loaded
   (``Router.load``) in a worker thread, once however many requests ask for it at the same
   time, and kept in an LRU of at most ``cache_size`` routers keyed by (student, version).
-  Activating a new version is thus picked up by the next request, without a restart.
+  Activating a new version is thus picked up by the next request, without a restart. A request
+  may name a version instead (``resolve_version(student_id, version)``): two versions of one
+  student then serve side by side (A/B), each with its own entry, batches and LRU slot.
 - **Micro-batching.** Requests for the same (student, version) that arrive together share
   one forward pass: each key has an asyncio queue and a collector task that takes the first
   pending request, then more until ``max_batch_size`` prompts are gathered or ``max_wait_ms``
@@ -39,10 +41,15 @@ import numpy as np
 from services.routing.model import Router, RouteResult
 
 ResolveActive = Callable[[str], "tuple[str, str] | None | Awaitable[tuple[str, str] | None]"]
+ResolveVersion = Callable[[str, str], "tuple[str, str] | None | Awaitable[tuple[str, str] | None]"]
 
 
 class NoActiveRouter(LookupError):
     """The student has no active router version (unknown student or none trained yet)."""
+
+
+class UnknownRouterVersion(LookupError):
+    """The student has no router version of the name a request gave."""
 
 
 class RouterServiceError(RuntimeError):
@@ -79,14 +86,15 @@ _STOP = object()
 class RouterService:
     """Per-(student, version) routers behind an async ``route`` call; see the module docstring."""
 
-    def __init__(self, resolve_active: ResolveActive, *, cache_size: int = 8, max_batch_size: int = 64,
-                 max_wait_ms: float = 2.0, batching: bool = True, device: str | None = None,
-                 precision: str = "fp32", on_batch: Callable[[int], None] | None = None):
+    def __init__(self, resolve_active: ResolveActive, *, resolve_version: ResolveVersion | None = None,
+                 cache_size: int = 8, max_batch_size: int = 64, max_wait_ms: float = 2.0, batching: bool = True,
+                 device: str | None = None, precision: str = "fp32", on_batch: Callable[[int], None] | None = None):
         if cache_size < 1:
             raise ValueError("cache_size must be >= 1")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._resolve_active = resolve_active
+        self._resolve_version = resolve_version
         self.cache_size = cache_size
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
@@ -102,17 +110,26 @@ class RouterService:
 
     # ------------------------------------------------------------------ public API
 
-    async def route(self, student_id: str, prompts: list[str], top_k: int = 3) -> RoutedBatch:
-        """Each prompt's teacher, top k and strengths under the student's active router."""
+    async def route(self, student_id: str, prompts: list[str], top_k: int = 3,
+                    version: str | None = None) -> RoutedBatch:
+        """Each prompt's teacher, top k and strengths under the student's active router, or under
+        its router ``version`` when one is named."""
         if self._closed:
             raise RouterServiceError("router service is closed")
         prompts = list(prompts)
-        active = self._resolve_active(student_id)
-        if inspect.isawaitable(active):
-            active = await active
-        if active is None:
+        if version is None:
+            target = self._resolve_active(student_id)
+        elif self._resolve_version is None:
+            raise RouterServiceError("this router service routes with active versions only")
+        else:
+            target = self._resolve_version(student_id, version)
+        if inspect.isawaitable(target):
+            target = await target
+        if target is None:
+            if version is not None:
+                raise UnknownRouterVersion(f"student {student_id!r} has no router version {version!r}")
             raise NoActiveRouter(f"student {student_id!r} has no active router")
-        version, path = active
+        version, path = target
         version = str(version)
         if not prompts:
             return RoutedBatch(version, [])

@@ -186,6 +186,33 @@ def test_a_calibration_may_ask_for_the_papers_fine_tuned_router(client, enqueued
         assert refused.status_code == 422 and list(bad)[0] in refused.json()["detail"], refused.text
 
 
+def test_a_kcenter_calibration_first_samples_on_the_training_queue(client, store, enqueued):
+    prompts = [{"prompt": f"What is {i} plus 2?", "reference": i + 2} for i in range(4)]
+    job = dict(kind="calibrate", student_id="stu-new", calibration_size=2, prompts=prompts)
+    reply = client.post("/v1/jobs", json=_job(**job, calibration_sampler="kcenter"))
+    assert reply.status_code == 202, reply.text
+    described = reply.json()
+    assert described["stage"] == "calibration.sample" and described["n_calibration"] == 0
+    assert described["spec"]["calibration_sampler"] == "kcenter" and "calibration_pending" not in described["spec"]
+    assert enqueued == [("persyn.training.sample_calibration", [described["id"]], "training")]
+    enqueued.clear()
+    # no more prompts than it keeps: every prompt calibrates, chosen at submit as the random sampler does
+    reply = client.post("/v1/jobs", json=_job(**{**job, "calibration_size": 4}, calibration_sampler="kcenter"))
+    assert reply.json()["stage"] == "calibration.generate" and reply.json()["n_calibration"] == 4
+    assert client.post("/v1/jobs", json=_job(**job)).json()["spec"]["calibration_sampler"] == "random"
+    refused = client.post("/v1/jobs", json=_job(**job, calibration_sampler="coreset"))
+    assert refused.status_code == 422 and "calibration_sampler" in refused.json()["detail"], refused.text
+
+
+def test_a_hybrid_synthesis_is_accepted_with_references(client, enqueued):
+    prompts = [{"prompt": "What is 1 plus 2?", "reference": 3}, {"prompt": "What is 2 plus 2?", "reference": 4}]
+    reply = client.post("/v1/jobs", json=_job(strategy="persyn", hybrid_margin=0.5, prompts=prompts))
+    assert reply.status_code == 202, reply.text
+    assert reply.json()["spec"]["hybrid_margin"] == 0.5 and reply.json()["stage"] == "route"
+    assert reply.json()["hybrid"] == {"margin": 0.5, "prompts": 0, "extra_generations": 0, "switched": 0}
+    assert client.post("/v1/jobs", json=_job()).json()["hybrid"] is None
+
+
 def test_ids_that_could_reach_other_redis_keys_are_rejected(client, store):
     job_id = store.create_job("synthesize", {"student_id": "stu-a"}, [{"id": "x", "prompt": "y"}])
     for path in (f"/v1/jobs/{job_id}:order", f"/v1/jobs/{job_id}:order/dataset", "/v1/students/stu-a:versions"):
@@ -200,6 +227,11 @@ def test_ids_that_could_reach_other_redis_keys_are_rejected(client, store):
     ({"strategy": "best"}, 422, "persyn"),
     ({"calibration_size": 1}, 422, ""),
     ({"max_tokens": 0}, 422, ""),
+    ({"hybrid_margin": 0.5}, 422, "hybrid_margin needs strategy 'persyn'"),
+    ({"strategy": "persyn", "hybrid_margin": 0}, 422, "greater than 0"),
+    ({"strategy": "persyn", "hybrid_margin": "wide"}, 422, "hybrid_margin"),
+    ({"kind": "calibrate", "strategy": "persyn", "hybrid_margin": 0.5}, 422, "kind 'synthesize' or 'persyn'"),
+    ({"strategy": "persyn", "hybrid_margin": 0.5}, 422, "has no reference"),  # both answers get scored
     ({"temperature": 0.7}, 422, "Extra inputs"),
     ({"teachers": ["mathy", "gpt-9"]}, 422, "gpt-9"),
     ({"teachers": ["mathy"], "strong_teacher": "poet"}, 422, "strong_teacher"),

@@ -232,3 +232,70 @@ def test_calibrate_job_then_baselines_that_use_its_statistics(stack):
             assert used <= expected[strategy]  # a uniform per-prompt draw over the pool
         else:
             assert used == expected[strategy], strategy
+
+
+def test_a_kcenter_calibration_samples_on_the_training_worker_then_trains(stack):
+    running, store, client, teachers = stack
+    from services.method.kcenter import kcenter_greedy
+    from services.routing.model import PromptEncoder
+
+    client.post("/v1/students", json={"student_id": "active-student", "family": "smollm2"})
+    prompts = make_problems(7, seed=41)
+    response = client.post("/v1/jobs", json={"kind": "calibrate", "student_id": "active-student", "prompts": prompts,
+                                             "calibration_size": 3, "calibration_sampler": "kcenter", "seed": 2})
+    assert response.status_code == 202, response.text
+    job = wait(client, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert [s["stage"] for s in job["stages"]] == ["calibration.sample", "calibration.generate",
+                                                   "calibration.score", "train"]
+    assert job["n_calibration"] == 3 and job["stages"][1]["total"] == 3 * len(teachers)
+    # the worker's choice is the library's greedy k-center on the backbone's embeddings
+    features = PromptEncoder("all-minilm-l6-v2", device="cpu").encode([p["prompt"] for p in prompts])
+    expected = sorted(prompts[i]["id"] for i in kcenter_greedy(features, 3, seed=2))
+    assert sorted(store.job_record(job["id"])["spec"]["calibration"]) == expected
+    assert sorted(store.get_results(job["id"], "score")) == expected
+
+
+def test_hybrid_fallback_asks_the_runner_up_and_keeps_the_better_answer(stack):
+    running, store, client, teachers = stack
+    client.post("/v1/students", json={"student_id": "hybrid-student", "family": "smollm2"})
+    calibrated = client.post("/v1/jobs", json={"kind": "calibrate", "student_id": "hybrid-student",
+                                               "prompts": make_problems(4, seed=51), "calibration_size": 4})
+    assert wait(client, calibrated.json()["id"])["state"] == "succeeded"
+    prompts = make_problems(4, seed=52)
+    submitted = {}
+    for margin in (1e6, 1e-12):  # every prompt ambiguous / none (the router's strengths are never tied)
+        response = client.post("/v1/jobs", json={"kind": "synthesize", "student_id": "hybrid-student",
+                                                 "prompts": prompts, "hybrid_margin": margin, "max_tokens": 16})
+        assert response.status_code == 202, response.text
+        submitted[margin] = response.json()["id"]
+
+    job = wait(client, submitted[1e6])
+    assert job["state"] == "succeeded", job
+    stages = {s["stage"]: s for s in job["stages"]}
+    assert list(stages) == ["route", "generate", "hybrid.generate", "hybrid.select"]
+    assert stages["hybrid.generate"]["total"] == stages["hybrid.select"]["total"] == len(prompts)
+    rows = {r["id"]: r for r in dataset(client, job["id"])}
+    assert len(rows) == len(prompts) and sum(job["allocation"].values()) == len(prompts)
+    switched = 0
+    for p in prompts:
+        assigned = store.get_result(job["id"], "assign", p["id"])
+        assert assigned["second"] != assigned["teacher"]
+        scores = store.get_result(job["id"], "score", p["id"])
+        assert sorted(scores["teachers"]) == sorted([assigned["teacher"], assigned["second"]])
+        combined = {t: (-np.inf if c is None else c) for t, c in zip(scores["teachers"], scores["combined"])}
+        first, second = assigned["teacher"], assigned["second"]
+        best = second if combined[second] > combined[first] else first
+        row = rows[p["id"]]
+        assert row["teacher"] == best
+        assert row["response"] == store.get_result(job["id"], "gen", f"{p['id']}|{best}")["text"]
+        switched += best != assigned["teacher"]
+        assert row["source"] == ("hybrid" if best != assigned["teacher"] else "routed")
+    assert job["hybrid"] == {"margin": 1e6, "prompts": len(prompts), "extra_generations": len(prompts),
+                             "switched": switched}
+    assert job["allocation"] == {t: n for t in teachers if (n := sum(r["teacher"] == t for r in rows.values()))}
+
+    job = wait(client, submitted[1e-12])
+    assert job["state"] == "succeeded", job
+    assert [s["total"] for s in job["stages"]] == [1, len(prompts), 0, 0]
+    assert job["hybrid"]["extra_generations"] == 0 and all(r["source"] == "routed" for r in dataset(client, job["id"]))
