@@ -591,7 +591,8 @@ class StagedPrompts:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not self.registered:
+        """Prompts never registered (a rejected upload, a dry run) are deleted at once."""
+        if not self.registered:
             try:
                 self.store.discard_prompts(self.job_id)
             except redis.RedisError:
