@@ -16,6 +16,7 @@ import httpx
 from celery.signals import worker_ready
 
 from services.clients.openai_compat import OpenAICompatError
+from services.core.generations import StoreUnavailable
 from services.jobs import runtime as rt
 from services.jobs.celery_app import app
 from services.jobs.stages import GENERATE_TASK, GENERATE_THEN_SELECT, item_key
@@ -120,5 +121,8 @@ def _ask(task, job_id: str, spec: dict, prompts: dict, pool: dict, todo: list[tu
                     retry.append((p, t))
                 else:
                     failed[key] = f"{type(exc).__name__}: {exc}"
-    generations.flush()  # every answer is in the store before a row is written from it
+    try:
+        generations.flush()  # every answer is in the store before a row is written from it
+    except StoreUnavailable as exc:  # the answers stay pending; the store's flusher commits them later
+        log.warning("job %s: answers not yet in the generation store: %s", job_id, exc)
     return fresh, retry

@@ -265,9 +265,34 @@ class GenerationStore:
             self._db.close()
 
 
+class StoreUnavailable(ConnectionError):
+    """The generation store did not answer (its database is down or restarting): a ConnectionError,
+    so the generation task retries the item as it does when a teacher does not answer."""
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    try:
+        import psycopg
+
+        errors += (psycopg.Error,)
+    except ImportError:
+        pass
+    return errors
+
+
+@contextmanager
+def _unavailable_as_connection_error():
+    try:
+        yield
+    except _database_errors() as exc:
+        raise StoreUnavailable(f"generation store: {type(exc).__name__}: {exc}") from exc
+
+
 class JobGenerations:
     """What one job may read from and adds to the store: everything (``reuse``), or, for a job that
-    asked for fresh answers, only the answers it made itself."""
+    asked for fresh answers, only the answers it made itself. Database errors surface as
+    :class:`StoreUnavailable`."""
 
     def __init__(self, store: GenerationStore, job_id: str, *, reuse: bool = True):
         self.store = store
@@ -275,10 +300,13 @@ class JobGenerations:
         self.reuse = reuse
 
     def get(self, key: str) -> dict | None:
-        return self.store.get(key, job=None if self.reuse else self.job_id)
+        with _unavailable_as_connection_error():
+            return self.store.get(key, job=None if self.reuse else self.job_id)
 
     def put(self, key: str, value: dict) -> None:
-        self.store.put(key, value, job=self.job_id)
+        with _unavailable_as_connection_error():
+            self.store.put(key, value, job=self.job_id)
 
     def flush(self) -> None:
-        self.store.flush()
+        with _unavailable_as_connection_error():
+            self.store.flush()

@@ -133,6 +133,13 @@ def test_a_put_is_readable_at_once_and_committed_by_the_flusher_within_a_moment(
     assert other.get("k") == {"text": "soon"}
 
 
+def test_a_store_that_does_not_answer_is_a_connection_error_the_task_retries(tmp_path):
+    store = _open(f"sqlite:///{tmp_path / 'gone.sqlite'}")
+    store._db.close()  # the database went away under the worker
+    with pytest.raises(ConnectionError, match="generation store"):
+        JobGenerations(store, "job").get("k")
+
+
 def test_bad_store_url_is_a_clear_error():
     with pytest.raises(ValueError, match="sqlite:///PATH or postgresql://"):
         _open("mysql://x")
