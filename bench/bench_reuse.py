@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import prompts_file  # noqa: E402
+from bench_scale import prompts_file, start_instant_pool  # noqa: E402
 from services.core.generations import GenerationStore, generation_key  # noqa: E402
 from services.embedded.stack import LocalStack, free_port  # noqa: E402
-from services.method.formats import Teacher, dump_teacher_pool  # noqa: E402
 
 STUDENT = "reuse-student"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -149,22 +147,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="persyn-reuse-"))
     names = [f"teacher-{i:02d}" for i in range(1, args.teachers + 2)]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "instant_openai.py"), "--port", str(port),
-                               "--models", ",".join(names), "--student", "instant-student", "--reward", "instant-rm"])
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            if time.time() > deadline:
-                raise SystemExit("the instant server did not start")
-            time.sleep(0.2)
-    pool = dump_teacher_pool([Teacher(name=n, family=f"family-{i % 5}", size_b=float(7 + i), base_url=base, model=n,
-                                      cost_per_1m_output=0.2 + 0.1 * i) for i, n in enumerate(names)],
-                             work / "pool.yaml")
+    server, base, pool = start_instant_pool(names, work)
     env = {"PERSYN_REWARD_MODEL": "instant-rm", "PERSYN_REWARD_MODEL_URL": base}
     old, new = names[:-1], names
     results = []

@@ -82,6 +82,30 @@ class Sampler(threading.Thread):
         self.join()
 
 
+def start_instant_pool(names: list[str], work: Path) -> tuple[subprocess.Popen, str, Path]:
+    """The instant server playing ``names`` (and the student and reward endpoints), once it answers;
+    returns it, its base URL and a teacher pool file for it (prices 0.2, 0.3, ... $ per 1M tokens)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "instant_openai.py"), "--port", str(port),
+                               "--models", ",".join(names), "--student", "instant-student",
+                               "--reward", "instant-rm"])
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if time.time() > deadline:
+                server.kill()
+                raise SystemExit("the instant server did not start")
+            time.sleep(0.2)
+    pool = dump_teacher_pool([Teacher(name=n, family=f"family-{i % 5}", size_b=float(7 + i), base_url=base, model=n,
+                                      cost_per_1m_output=0.2 + 0.1 * i) for i, n in enumerate(names)],
+                             work / "pool.yaml")
+    return server, base, pool
+
+
 def celery_task_count(app) -> int:
     """Tasks the workers have received so far (Celery's own per-worker counters)."""
     stats = app.control.inspect(timeout=3).stats() or {}
@@ -152,23 +176,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="persyn-scale-"))
     names = [f"teacher-{i:02d}" for i in range(1, args.teachers + 1)]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "instant_openai.py"), "--port", str(port),
-                               "--models", ",".join(names), "--student", "instant-student",
-                               "--reward", "instant-rm"])
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            if time.time() > deadline:
-                raise SystemExit("the instant server did not start")
-            time.sleep(0.2)
-    pool = dump_teacher_pool([Teacher(name=n, family=f"family-{i % 5}", size_b=float(7 + i), base_url=base, model=n,
-                                      cost_per_1m_output=0.2 + 0.1 * i) for i, n in enumerate(names)],
-                             work / "pool.yaml")
+    server, base, pool = start_instant_pool(names, work)
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
     env = {"PERSYN_REWARD_MODEL": "instant-rm", "PERSYN_REWARD_MODEL_URL": base,
            "PERSYN_MAX_JOB_PROMPTS": str(max(sizes + [args.calibration]))}
