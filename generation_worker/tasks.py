@@ -100,7 +100,12 @@ def _ask(task, job_id: str, spec: dict, prompts: dict, pool: dict, todo: list[tu
     """Ask every (prompt, teacher) of ``todo`` concurrently; returns the answers by key and the
     pairs to retry (transient errors while retries are left). Other errors land in ``failed``.
     Requests the generation store has answered before are read from it, not sent."""
-    generations = rt.generations(job_id, spec)
+    try:
+        generations = rt.generations(job_id, spec)
+    except StoreUnavailable:
+        if task.request.retries < task.max_retries:  # like a teacher that does not answer: the chunk waits
+            raise task.retry(countdown=min(60, 2 ** task.request.retries)) from None
+        raise
 
     def one(item):
         p, t, _ = item

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 EVICT_EVERY = 1000
 #: A check that finds the store too big evicts down to this share of its bound.
 EVICT_TO = 0.9
+#: How long opening the store waits for another process that is creating it.
+PREPARE_S = 30.0
 #: Seconds between two commits of the pending answers (and the most a killed worker can lose).
 FLUSH_S = 0.05
 #: A pending batch this big is committed at once.
@@ -64,8 +66,6 @@ class GenerationStore:
             path = Path(url[len("sqlite:///"):])
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing
             self._mark = "?"
             self._upsert = "INSERT OR REPLACE INTO generations (k, v, job, size, created, used) VALUES (?, ?, ?, ?, ?, ?)"
         elif url.startswith(("postgresql://", "postgres://")):
@@ -82,11 +82,25 @@ class GenerationStore:
         self._wake = threading.Event()
         self._closed = False
         self._flusher: threading.Thread | None = None
-        with self._lock:
-            self._execute("CREATE TABLE IF NOT EXISTS generations (k TEXT PRIMARY KEY, v TEXT NOT NULL, "
-                          "job TEXT NOT NULL, size INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL, "
-                          "used DOUBLE PRECISION NOT NULL)")
-            self._execute("CREATE INDEX IF NOT EXISTS generations_used ON generations (used)")
+        deadline = time.monotonic() + PREPARE_S
+        while True:  # the worker processes of a host open a new file at the same moment: one wins, the rest wait
+            try:
+                with self._lock:
+                    self._prepare()
+                break
+            except _database_errors() as exc:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"generation store: {type(exc).__name__}: {exc}") from exc
+                time.sleep(0.1)
+
+    def _prepare(self) -> None:
+        if not self._postgres:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing
+        self._execute("CREATE TABLE IF NOT EXISTS generations (k TEXT PRIMARY KEY, v TEXT NOT NULL, "
+                      "job TEXT NOT NULL, size INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL, "
+                      "used DOUBLE PRECISION NOT NULL)")
+        self._execute("CREATE INDEX IF NOT EXISTS generations_used ON generations (used)")
 
     def _connect_postgres(self):
         import psycopg

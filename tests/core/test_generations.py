@@ -140,6 +140,30 @@ def test_a_store_that_does_not_answer_is_a_connection_error_the_task_retries(tmp
         JobGenerations(store, "job").get("k")
 
 
+def _open_and_put(url: str, n: int, start) -> None:
+    start.wait()  # every process opens the new file at the same moment
+    store = _open(url)
+    store.put(f"k{n}", {"text": str(n)}, job="j")
+    store.close()
+
+
+def test_worker_processes_opening_a_new_store_at_once_all_get_it(tmp_path):
+    """A host's generation workers start together and create the file together (SQLite's switch to WAL
+    needs the file to itself): every one opens it and keeps its answer."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    url = f"sqlite:///{tmp_path / 'new.sqlite'}"
+    start = context.Barrier(12)
+    procs = [context.Process(target=_open_and_put, args=(url, n, start)) for n in range(12)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0] * 12
+    assert _open(url).stats()["entries"] == 12
+
+
 def test_bad_store_url_is_a_clear_error():
     with pytest.raises(ValueError, match="sqlite:///PATH or postgresql://"):
         _open("mysql://x")
