@@ -42,7 +42,7 @@ def calibration(sampler: str, pool: np.ndarray, features: np.ndarray, size: int,
     """The pool indices a calibration of ``size`` keeps under ``sampler``."""
     if sampler == "kcenter":
         return pool[np.sort(kcenter_greedy(features[pool], size, seed))]
-    return np.array(calibration_sample(pool.tolist(), size, seed))
+    return pool[calibration_sample(len(pool), size, seed)]
 
 
 def one_split(prompts, teachers, scores, features, sizes, seed, cache) -> dict:
