@@ -39,6 +39,11 @@ def _transient(exc: Exception) -> bool:
         isinstance(exc, OpenAICompatError) and exc.retryable)
 
 
+def _backoff_s(task) -> int:
+    """Seconds before a retried chunk runs again: doubling, at most a minute."""
+    return min(60, 2 ** task.request.retries)
+
+
 @app.task(name=GENERATE_TASK, bind=True, max_retries=rt.settings().task_max_retries)
 def generate(self, job_id: str, stage: str, unit: str, items: list[list[str]]) -> str:
     pairs = [(p, t) for p, t in items]
@@ -91,7 +96,7 @@ def _generate(task, job_id: str, stage: str, unit: str, pairs: list[tuple[str, s
     rt.finish_items(job_id, stage, outcomes, unit=None if retry else unit)
     if retry:
         raise task.retry(args=[job_id, stage, unit, [list(x) for x in retry]],
-                         countdown=min(60, 2 ** task.request.retries))
+                         countdown=_backoff_s(task))
     return "done" if not failed else f"done, {len(failed)} failed"
 
 
@@ -104,7 +109,7 @@ def _ask(task, job_id: str, spec: dict, prompts: dict, pool: dict, todo: list[tu
         generations = rt.generations(job_id, spec)
     except StoreUnavailable:
         if task.request.retries < task.max_retries:  # like a teacher that does not answer: the chunk waits
-            raise task.retry(countdown=min(60, 2 ** task.request.retries)) from None
+            raise task.retry(countdown=_backoff_s(task)) from None
         raise
 
     def one(item):

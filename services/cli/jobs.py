@@ -95,16 +95,21 @@ def watch_job(client, job_id: str, *, interval_s: float = 1.0, view: ProgressVie
         view.close()
 
 
-def _get_job(client, job_id: str) -> dict:
+def _call(client, method: str, path: str, expect: int) -> dict:
+    """One gateway call; a CLIError when the gateway is unreachable or answers other than ``expect``."""
     import httpx
 
     try:
-        response = client.get(f"/v1/jobs/{job_id}")
+        response = client.request(method, path)
     except httpx.HTTPError as exc:
         raise CLIError(f"cannot reach the gateway at {client.base_url}: {exc}") from None
-    if response.status_code != 200:
-        raise CLIError(f"GET /v1/jobs/{job_id}: {response.status_code} {_detail(response)}")
+    if response.status_code != expect:
+        raise CLIError(f"{method} {path}: {response.status_code} {_detail(response)}")
     return response.json()
+
+
+def _get_job(client, job_id: str) -> dict:
+    return _call(client, "GET", f"/v1/jobs/{job_id}", 200)
 
 
 def _detail(response) -> str:
@@ -137,16 +142,8 @@ def cmd_show(args) -> None:
 
 
 def cmd_resume(args) -> None:
-    import httpx
-
     with _client(args) as client:
-        try:
-            response = client.post(f"/v1/jobs/{args.job_id}/resume")
-        except httpx.HTTPError as exc:
-            raise CLIError(f"cannot reach the gateway at {client.base_url}: {exc}") from None
-        if response.status_code != 202:
-            raise CLIError(f"resume {args.job_id}: {response.status_code} {_detail(response)}")
-        job = response.json()
+        job = _call(client, "POST", f"/v1/jobs/{args.job_id}/resume", 202)
         print(f"job {job['id']} resumed (resume {job['resumes']}): {job['resumed_prompts']} prompts run again, "
               f"{job['rows']} rows kept", flush=True)
         if args.watch:

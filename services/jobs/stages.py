@@ -498,12 +498,9 @@ def resume_job(store: JobStore, job_id: str, settings: Settings | None = None) -
     """
     settings = settings or Settings.from_env()
     state = store.state(job_id)  # NotFound for an unknown job
-    if state not in RESUMABLE:
-        raise NotResumable(f"job {job_id} is {state}: only a {', '.join(RESUMABLE[:-1])} or "
-                           f"{RESUMABLE[-1]} job can be resumed")
-    keys = _job_keys(store, job_id)
-    run = store.reopen(job_id)
-    if isinstance(run, str):
+    keys = _job_keys(store, job_id) if state in RESUMABLE else None
+    run = store.reopen(job_id) if keys is not None else state
+    if isinstance(run, str):  # not resumable, or another resume reopened it first
         raise NotResumable(f"job {job_id} is {run}: only a {', '.join(RESUMABLE[:-1])} or "
                            f"{RESUMABLE[-1]} job can be resumed")
     job = store.job_record(job_id)
